@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny Llama built locally once per session, and a small SFT dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+# Two cores: keep torch from oversubscribing them, and tokenizers from forking threads.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from whetstone.models.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from whetstone.models import load_tokenizer
+
+    return load_tokenizer(str(tiny_model_dir))
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def qa_file(tmp_path) -> Path:
+    """32 short chat records with variable lengths."""
+    rows = []
+    for i in range(32):
+        question = f"What is {i} plus {i}?" + " Please answer." * (i % 3)
+        answer = f"{i} plus {i} is {2 * i}." + " That is the sum." * (i % 4)
+        rows.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
+    return write_jsonl(tmp_path / "qa.jsonl", rows)
+
+
+def tiny_config(model_dir, train_file, *overrides: str):
+    from whetstone.config import load_config
+
+    base = [f"model={model_dir}", f"data.train={train_file}", "train.lr=1e-3", "train.warmup=0.0",
+            "train.log_every=1", "method.dropout=0.0"]
+    return load_config(None, base + list(overrides))

@@ -1,0 +1,5 @@
+import sys
+
+from whetstone.cli import main
+
+sys.exit(main())

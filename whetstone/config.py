@@ -1,0 +1,425 @@
+"""The run config: typed sections, YAML + ``--set`` overrides, one error for everything.
+
+A config is YAML with the top-level keys ``model``, ``method``, ``objective``,
+``data``, ``train``, ``eval`` and ``output``. Each section is a dataclass below;
+the docstring under each field is its documentation. ``load_config`` collects
+every problem (unknown key, wrong type, bad value, conflicting fields) and raises
+them together in one ``ConfigError``, each naming the key, the value it got and
+the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from whetstone.errors import WhetstoneError
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+
+
+class ConfigError(WhetstoneError):
+    def __init__(self, problems: list[str], source: str = "config"):
+        self.problems = problems
+        body = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source} is not well-formed, found the following errors:\n{body}")
+
+
+@dataclass
+class ModelConfig:
+    name: str = EMBEDDED_MODEL
+    """Embedded name (smollm2-135m-instruct), local HF directory, hub id, or a .gguf file."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) when `name` is a hub id."""
+    trust_remote_code: bool = False
+    """Run Python code shipped with the model. Off unless you trust its author."""
+    allow_pickle: bool = False
+    """Accept pickle-based .bin/.pt weights. Off: only safetensors and GGUF load."""
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    """Attention kernel passed to transformers."""
+
+
+@dataclass
+class MethodConfig:
+    name: Literal["full", "freeze", "lora", "dora", "qlora"] = "lora"
+    """What is trained: every weight, the top of a frozen model, or low-rank adapters."""
+    r: int = 16
+    """LoRA rank (lora, dora, qlora)."""
+    alpha: float = 32.0
+    """LoRA scaling numerator: the update is scaled by alpha / r (alpha / sqrt(r) with rslora)."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    targets: str | list[str] = "all-linear"
+    """Modules that get adapters: 'all-linear' or a list of module names (q_proj, v_proj, ...)."""
+    rslora: bool = False
+    """Rank-stabilised LoRA scaling, alpha / sqrt(r) (Kalajdzievski 2023)."""
+    top_blocks: int = 0
+    """freeze: number of top transformer blocks left trainable."""
+    train_modules: list[str] = field(default_factory=list)
+    """freeze: extra trainable parameters, as glob patterns over parameter names (e.g. '*norm*')."""
+    train_head: bool = False
+    """freeze: also train the output head (tied to the input embeddings in many models)."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.name in ("lora", "dora", "qlora"):
+            if self.r < 1:
+                problems.append(f"method.r: got {self.r}; the LoRA rank must be a positive integer such as 8 or 16.")
+            if self.alpha <= 0:
+                problems.append(f"method.alpha: got {self.alpha}; must be positive (a common choice is 2 * r).")
+            if not 0.0 <= self.dropout < 1.0:
+                problems.append(f"method.dropout: got {self.dropout}; must be in [0, 1).")
+        if self.name == "freeze":
+            if self.top_blocks < 0:
+                problems.append(f"method.top_blocks: got {self.top_blocks}; must be 0 or more.")
+            if self.top_blocks == 0 and not self.train_modules and not self.train_head:
+                problems.append(
+                    "method: 'freeze' with nothing left trainable; set method.top_blocks (e.g. 2), "
+                    "method.train_modules or method.train_head: true."
+                )
+        return problems
+
+
+@dataclass
+class ObjectiveConfig:
+    name: Literal["sft"] = "sft"
+    """Which loss: sft (next-token loss on completion tokens). More objectives plug in here."""
+
+
+@dataclass
+class SourceConfig:
+    path: str = ""
+    """A data file (jsonl, json, csv, tsv, parquet, optionally .gz) or an HF dataset name."""
+    task: str | None = None
+    """Task name for per-task reporting."""
+    weight: float = 1.0
+    """Relative sampling weight in a mixture."""
+
+
+@dataclass
+class DataConfig:
+    train: str | list[SourceConfig] = ""
+    """Training data: a file, or a list of {path, task, weight} sources."""
+    eval: str | None = None
+    """Evaluation data file. Without it, data.eval_fraction carves one out of train."""
+    eval_fraction: float = 0.0
+    """Fraction of the training records held out for evaluation when data.eval is not set."""
+    format: str = "auto"
+    """Record format, or 'auto' to detect it from the fields present."""
+    max_length: int = 256
+    """Tokens per example; longer examples are truncated (and counted)."""
+    train_on_prompt: bool = False
+    """Supervise every token, not only the assistant/completion tokens."""
+    on_error: Literal["error", "skip"] = "error"
+    """Bad records stop the run (error) or are skipped and counted (skip)."""
+    chat_template: str | None = None
+    """Override the model's chat template with this Jinja string (e.g. for a base model without one)."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.train == "" or self.train == []:
+            problems.append("data.train: missing; set it to a data file, e.g. data.train=examples/stdlib_qa/train.jsonl.")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            problems.append(f"data.eval_fraction: got {self.eval_fraction}; must be in [0, 1).")
+        if self.eval and self.eval_fraction:
+            problems.append(
+                "data.eval and data.eval_fraction are both set. Choose one: an eval file, or a fraction of train."
+            )
+        if self.max_length < 8:
+            problems.append(f"data.max_length: got {self.max_length}; must be at least 8 tokens.")
+        return problems
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    """Passes over the training data (ignored when max_steps is set)."""
+    max_steps: int | None = None
+    """Optimizer steps to run; overrides epochs."""
+    batch_size: int = 8
+    """Examples per micro-batch (per process)."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step. Effective batch = batch_size * grad_accum * processes."""
+    lr: float = 2.0e-4
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay, applied to matrices only (not norms or biases)."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    warmup: float = 0.03
+    """Fraction of the steps spent warming the learning rate up linearly from 0."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup: cosine or linear to 0, or constant."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this value; null disables clipping."""
+    seed: int = 0
+    """Seed for initialisation, data order and dropout."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """fp32, or bf16 autocast (fp32 master weights) where the device supports bf16."""
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    """Where to train; auto picks cuda, then mps, then cpu."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% more compute."""
+    log_every: int = 10
+    """Write a metrics.jsonl line every N optimizer steps."""
+    checkpoint_every: int = 100
+    """Write a resumable checkpoint every N optimizer steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        for name in ("batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints"):
+            value = getattr(self, name)
+            if value < 1:
+                problems.append(f"train.{name}: got {value}; must be a positive integer.")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"train.max_steps: got {self.max_steps}; must be positive, or null to use train.epochs.")
+        if self.max_steps is None and self.epochs <= 0:
+            problems.append(f"train.epochs: got {self.epochs}; must be positive.")
+        if self.lr <= 0:
+            problems.append(f"train.lr: got {self.lr}; must be positive, e.g. 2e-4 for LoRA or 2e-5 for full.")
+        if not 0.0 <= self.warmup < 1.0:
+            problems.append(f"train.warmup: got {self.warmup}; it is a fraction of the steps, in [0, 1).")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            problems.append(f"train.betas: got {self.betas}; must be two numbers in [0, 1), e.g. [0.9, 0.999].")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            problems.append(f"train.max_grad_norm: got {self.max_grad_norm}; must be positive, or null to disable.")
+        return problems
+
+
+@dataclass
+class EvalConfig:
+    every: int = 100
+    """Evaluate on data.eval every N optimizer steps (and at the end)."""
+    metrics: list[str] = field(default_factory=lambda: ["loss"])
+    """Metrics computed on the eval set: loss (with perplexity)."""
+    max_batches: int | None = None
+    """Cap on eval batches per evaluation, to keep mid-run evals cheap."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.every < 1:
+            problems.append(f"eval.every: got {self.every}; must be a positive integer.")
+        unknown = [m for m in self.metrics if m not in ("loss",)]
+        if unknown:
+            problems.append(f"eval.metrics: got {unknown}; the training loop computes: loss.")
+        return problems
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The base model."""
+    method: MethodConfig = field(default_factory=MethodConfig)
+    """What is trained."""
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    """Which loss."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Where the examples come from and how they become tokens."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The optimisation."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation during and after training."""
+    output: str | None = None
+    """Run directory; `-o DIR` on the command line overrides it."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------
+# Building typed sections from plain mappings, collecting every problem.
+
+_SHORTHAND = {"model": "name", "method": "name", "objective": "name"}  # `model: x` means {name: x}
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
+    """Return `value` as type `tp`, or append a problem and return the sentinel `_BAD`."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        problems.append(f"{key}: got {value!r}; must be one of {_describe(tp)}.{hint}")
+        return _BAD
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            trial: list[str] = []
+            out = _coerce(value, arg, key, trial)
+            if not trial:
+                return out
+        problems.append(f"{key}: got {value!r}; must be {_describe(tp)}.")
+        return _BAD
+    if origin is list:
+        if not isinstance(value, list):
+            problems.append(f"{key}: got {value!r}; must be {_describe(tp)}.")
+            return _BAD
+        (item_tp,) = typing.get_args(tp)
+        items = [_coerce(v, item_tp, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+        return _BAD if any(i is _BAD for i in items) else items
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            problems.append(f"{key}: got {value!r}; must be a mapping of {_field_names(tp)}.")
+            return _BAD
+        return _build(tp, value, key, problems)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _FLOAT.match(value.strip()):
+            return float(value)  # PyYAML reads "1e-4" (no dot) as a string
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    problems.append(f"{key}: got {value!r}; must be {_describe(tp)}.")
+    return _BAD
+
+
+_BAD = object()
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def _field_names(cls: type) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls))
+
+
+def _build(cls: type, raw: dict, prefix: str, problems: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else f" Known keys: {', '.join(sorted(known))}."
+            problems.append(f"{dotted}: unknown key.{hint}")
+            continue
+        if key in _SHORTHAND and isinstance(value, str) and not prefix:
+            value = {_SHORTHAND[key]: value}
+        out = _coerce(value, hints[key], dotted, problems)
+        if out is not _BAD:
+            kwargs[key] = out
+    for f in dataclasses.fields(cls):
+        # Sections left out still get their checks (a config without data: has no data.train).
+        if f.name not in raw and dataclasses.is_dataclass(hints[f.name]):
+            kwargs[f.name] = _build(hints[f.name], {}, f"{prefix}.{f.name}" if prefix else f.name, problems)
+    instance = cls(**kwargs)
+    # Cross-field checks run on whatever did parse, so one pass shows every problem.
+    if hasattr(instance, "validate"):
+        problems.extend(instance.validate())
+    return instance
+
+
+# ---------------------------------------------------------------------------
+# Loading: YAML, --set overrides, then typing.
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split 'a.b=value' into (['a', 'b'], value); the value is read as YAML (numbers, bools, lists)."""
+    if "=" not in text:
+        raise ConfigError([f"--set {text!r}: expected KEY=VALUE, e.g. --set train.lr=1e-4."], "--set")
+    key, _, raw = text.partition("=")
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError([f"--set {text!r}: the key {key!r} has an empty part."], "--set")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # not YAML: keep the raw string, e.g. a path with a colon
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    raw = dict(raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if isinstance(child, str) and i == 0 and part in _SHORTHAND:
+                child = {_SHORTHAND[part]: child}
+            if child is None:
+                child = {}
+            if not isinstance(child, dict):
+                raise ConfigError([f"--set {text}: '{'.'.join(parts[: i + 1])}' is {child!r}, not a mapping."], "--set")
+            node[part] = child = dict(child)
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise WhetstoneError(f"config file {path} does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise WhetstoneError(f"{where}: this is not valid YAML ({getattr(exc, 'problem', exc)}).") from None
+    except UnicodeDecodeError:
+        raise WhetstoneError(f"{path}: not UTF-8 text; save the config as UTF-8.") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise WhetstoneError(f"{path}: a config is a YAML mapping of model, method, objective, data, train, eval, output.")
+    return raw
+
+
+def config_from_dict(raw: dict, source: str = "config") -> RunConfig:
+    if "stages" in raw:
+        raise ConfigError(
+            ["stages: sequential pipelines are not implemented yet; run each stage as its own config."], source
+        )
+    problems: list[str] = []
+    config = _build(RunConfig, raw, "", problems)
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
+    """Read a YAML config (or start from `base`), apply `--set` overrides, and type-check it."""
+    raw = read_yaml(path) if path is not None else dict(base or {})
+    raw = apply_overrides(raw, list(overrides))
+    return config_from_dict(raw, str(path) if path else "config")
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,82 @@
+"""Token batches: which examples make up each optimizer step, and padding them.
+
+The order of examples is a pure function of (seed, epoch), and the examples of
+step s are a pure function of the order and s. That is what makes resume exact:
+a checkpoint only has to remember the step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from whetstone.data.render import IGNORE, Rendered
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How n examples map onto optimizer steps, micro-batches and processes."""
+
+    n_examples: int
+    batch_size: int  # per micro-batch, per process
+    grad_accum: int
+    world_size: int
+    total_steps: int
+
+    @property
+    def examples_per_step(self) -> int:
+        return self.batch_size * self.grad_accum * self.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n_examples / self.examples_per_step)
+
+    @classmethod
+    def build(cls, n_examples: int, batch_size: int, grad_accum: int, world_size: int,
+              epochs: float, max_steps: int | None) -> "StepPlan":
+        per_epoch = math.ceil(n_examples / (batch_size * grad_accum * world_size))
+        total = max_steps if max_steps is not None else max(1, math.ceil(epochs * per_epoch))
+        return cls(n_examples, batch_size, grad_accum, world_size, total)
+
+    def epoch_of(self, step: int) -> int:
+        return step // self.steps_per_epoch
+
+    def micro_batches(self, step: int, seed: int, rank: int = 0) -> list[list[int]]:
+        """Example indices of each micro-batch that `rank` runs at optimizer `step`."""
+        order = epoch_order(self.n_examples, seed, self.epoch_of(step))
+        i = step % self.steps_per_epoch
+        chunk = order[i * self.examples_per_step : (i + 1) * self.examples_per_step]
+        span = self.batch_size * self.world_size
+        out = []
+        for m in range(self.grad_accum):
+            micro = chunk[m * span : (m + 1) * span]
+            mine = micro[rank * self.batch_size : (rank + 1) * self.batch_size]
+            if mine:
+                out.append(mine)
+        return out
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+def collate(examples: list[Rendered], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example. Padding has attention 0 and label -100."""
+    length = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)  # (B, T)
+    labels = torch.full((len(examples), length), IGNORE, dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)  # (B, T)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        input_ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def supervised_count(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens that carry a loss: labels shifted by one, as the objective sees them."""
+    return int((batch["labels"][:, 1:] != IGNORE).sum())

@@ -1,0 +1,1 @@
+"""Evaluation: loss on completion tokens (more metrics plug in here)."""

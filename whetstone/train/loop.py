@@ -1,0 +1,305 @@
+"""The training loop, top to bottom: setup -> fit -> save.
+
+One optimizer step takes `grad_accum` micro-batches of `batch_size` examples on
+each process. Objectives return a loss SUMMED over their units (supervised
+tokens for SFT); we divide by the units of the whole step, counted before the
+first backward, so that 8 x 1, 2 x 4 and 2 processes x 4 all take the same
+step. The order of examples depends only on (seed, epoch), so a checkpoint only
+has to remember how many steps are done.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import resource
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from whetstone.config import RunConfig, TrainConfig
+from whetstone.data.batches import StepPlan, collate, supervised_count
+from whetstone.data.dataset import DataStats, prepare_data
+from whetstone.errors import WhetstoneError
+from whetstone.evaluate.loss import completion_loss
+from whetstone.methods import apply_method, count_parameters, is_adapter_model
+from whetstone.models import load_model, load_tokenizer
+from whetstone.objectives import OBJECTIVES
+from whetstone.train import distributed
+from whetstone.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from whetstone.train.device import autocast_context, resolve_device
+from whetstone.train.run_dir import RunDirectory
+
+StepCallback = Callable[[int, dict], bool]  # (step, metrics row) -> True to stop after this step
+
+
+def lr_multiplier(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warmup from 0 over `warmup` steps, then cosine/linear decay to 0, or constant."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    # Decay matrices only: decaying norm gains and biases towards 0 hurts and saves nothing.
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class StopSignal:
+    """Ctrl-C or SIGTERM ask the loop to stop at the next step boundary and checkpoint.
+
+    A second Ctrl-C interrupts at once.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and writing a checkpoint "
+              f"(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _say(message: str) -> None:
+    if distributed.is_main():
+        print(message, flush=True)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(
+    config: RunConfig,
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_step: StepCallback | None = None,
+) -> dict:
+    """Run (or resume) one training run; return the summary that is also written to summary.json."""
+    t_start = time.perf_counter()
+
+    # ---- setup -----------------------------------------------------------------
+    if resume:
+        run, config = RunDirectory.open(run_dir)
+    else:
+        target = run_dir or config.output
+        if target is None:
+            raise WhetstoneError("no run directory: pass -o DIR or set output: in the config.")
+        run = RunDirectory.create(target, config, overwrite) if distributed.is_main() else RunDirectory(Path(target))
+    cfg = config.train
+    rank, world_size = distributed.world()
+    device = resolve_device(cfg.device)
+    distributed.init(device)
+    autocast = autocast_context(device, cfg.precision)
+    _seed_everything(cfg.seed)
+
+    tokenizer = load_tokenizer(config.model, config.data.chat_template)
+    train_set, eval_set, data_stats = prepare_data(config.data, tokenizer, cfg.seed)
+    _say(f"data: {data_stats.records} training records ({data_stats.explanation}), "
+         f"{data_stats.eval_records} eval records")
+    for note in data_stats.notes:
+        _say(f"data: {note}")
+
+    model, resolved = load_model(config.model, device=device, quantize_4bit=config.method.name == "qlora")
+    model = apply_method(model, config.method)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    trainable, total = count_parameters(model)
+    _say(f"model: {config.model.name} on {device.type}; method {config.method.name}: "
+         f"{trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f}%)")
+
+    objective = OBJECTIVES[config.objective.name]
+    optimizer = build_optimizer(model, cfg)
+    plan = StepPlan.build(len(train_set), cfg.batch_size, cfg.grad_accum, world_size, cfg.epochs, cfg.max_steps)
+    warmup_steps = math.ceil(cfg.warmup * plan.total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(s, plan.total_steps, warmup_steps, cfg.schedule)
+    )
+    state = TrainState()
+    if resume:
+        checkpoint = latest_checkpoint(run.checkpoints)
+        if checkpoint is not None:
+            state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+            _say(f"resumed from {checkpoint} at step {state.step} of {plan.total_steps}")
+        run.truncate_metrics(state.step)
+    pad_id = tokenizer.pad_token_id
+
+    # ---- fit -------------------------------------------------------------------
+    model.train()
+    window = {"loss_sum": 0.0, "units": 0, "tokens": 0, "seconds": 0.0, "steps": 0}
+    last_row: dict = {}
+    stopped_early = False
+    bar = tqdm(total=plan.total_steps, initial=state.step, unit="step", dynamic_ncols=True,
+               disable=not progress or not distributed.is_main(), file=sys.stderr)
+    with StopSignal() as stop:
+        while state.step < plan.total_steps:
+            t_step = time.perf_counter()
+            step = state.step
+            batches = [collate([train_set.examples[i] for i in idx], pad_id)
+                       for idx in plan.micro_batches(step, cfg.seed, rank)]
+            # The whole step's supervised tokens, across micro-batches and processes.
+            step_units = distributed.sum_across(sum(supervised_count(b) for b in batches))
+            step_loss_sum = 0.0
+            for batch in batches:
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with autocast():
+                    out = objective(model, batch)
+                (out.loss_sum / max(step_units, 1)).backward()
+                step_loss_sum += float(out.loss_sum.detach())
+                state.tokens += int(batch["attention_mask"].sum())
+            grad_norm = _clip_and_measure(model, cfg.max_grad_norm)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.supervised_tokens += int(step_units)
+
+            seconds = time.perf_counter() - t_step
+            state.train_seconds += seconds
+            window["loss_sum"] += distributed.sum_across(step_loss_sum)
+            window["units"] += step_units
+            window["tokens"] += int(distributed.sum_across(sum(int(b["attention_mask"].sum()) for b in batches)))
+            window["seconds"] += seconds
+            window["steps"] += 1
+            loss_now = window["loss_sum"] / max(window["units"], 1)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_now:.4f}", tok_s=f"{window['tokens'] / max(window['seconds'], 1e-9):.0f}")
+
+            done = state.step == plan.total_steps
+            do_eval = eval_set is not None and (state.step % config.eval.every == 0 or done)
+            if state.step % cfg.log_every == 0 or do_eval or done:
+                last_row = {
+                    "step": state.step,
+                    "epoch": round(state.step / plan.steps_per_epoch, 4),
+                    "loss": round(loss_now, 6),
+                    "lr": lr,
+                    "grad_norm": round(grad_norm, 6),
+                    "tokens": int(distributed.sum_across(state.tokens)) if world_size > 1 else state.tokens,
+                    "tokens_per_s": round(window["tokens"] / max(window["seconds"], 1e-9), 2),
+                    "elapsed_s": round(time.perf_counter() - t_start, 3),
+                }
+                if do_eval:
+                    eval_loss = completion_loss(model, eval_set, cfg.batch_size, pad_id, device, autocast,
+                                                config.eval.max_batches)
+                    last_row["eval_loss"] = round(eval_loss, 6)
+                    last_row["eval_ppl"] = round(math.exp(min(eval_loss, 50.0)), 4)
+                    model.train()
+                if distributed.is_main():
+                    run.append_metrics(last_row)
+                window = {"loss_sum": 0.0, "units": 0, "tokens": 0, "seconds": 0.0, "steps": 0}
+            if not math.isfinite(loss_now):
+                raise WhetstoneError(f"the loss became {loss_now} at step {state.step}; lower train.lr or check the data.")
+            wants_stop = stop.requested or (on_step is not None and on_step(state.step, last_row))
+            if distributed.is_main() and (state.step % cfg.checkpoint_every == 0 or done or wants_stop):
+                save_checkpoint(run.checkpoints, model, optimizer, scheduler, state, cfg.keep_checkpoints)
+            if wants_stop and not done:
+                stopped_early = True
+                break
+    bar.close()
+
+    # ---- save ------------------------------------------------------------------
+    summary = _summary(config, run, state, plan, data_stats, trainable, total, device, t_start, stopped_early)
+    if distributed.is_main():
+        if not stopped_early:
+            _save_weights(model, tokenizer, run.path, resolved.path)
+        run.write_json("summary.json", summary)
+    if stopped_early:
+        _say(f"stopped at step {state.step} of {plan.total_steps}; continue with: whetstone train --resume {run.path}")
+    else:
+        _say(f"done: {run.path} (train loss {summary['train_loss']}, eval loss {summary['eval_loss']})")
+    return summary
+
+
+def _clip_and_measure(model: torch.nn.Module, max_norm: float | None) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return 0.0
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
+    return float(norm)
+
+
+def _save_weights(model, tokenizer, run_path: Path, base_path: str) -> None:
+    if is_adapter_model(model):
+        # Point the adapter at a base that plain peft can load on this machine.
+        for peft_config in model.peft_config.values():
+            peft_config.base_model_name_or_path = base_path
+        model.save_pretrained(run_path / "adapter")
+        tokenizer.save_pretrained(run_path / "adapter")
+    else:
+        model.save_pretrained(run_path / "model", safe_serialization=True)
+        tokenizer.save_pretrained(run_path / "model")
+
+
+def _summary(config: RunConfig, run: RunDirectory, state: TrainState, plan: StepPlan, data_stats: DataStats,
+             trainable: int, total: int, device: torch.device, t_start: float, stopped_early: bool) -> dict:
+    rows = run.read_metrics()
+    evals = [r for r in rows if "eval_loss" in r]
+    return {
+        "train_loss": rows[-1]["loss"] if rows else None,
+        "eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "eval_ppl": evals[-1]["eval_ppl"] if evals else None,
+        "steps": state.step,
+        "total_steps": plan.total_steps,
+        "stopped_early": stopped_early,
+        "tokens": state.tokens,
+        "supervised_tokens": state.supervised_tokens,
+        "tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 2),
+        "train_s": round(state.train_seconds, 3),
+        "wall_s": round(time.perf_counter() - t_start, 3),
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_pct": round(100 * trainable / total, 4),
+        "method": config.method.name,
+        "device": device.type,
+        "precision": config.train.precision,
+        "data": {
+            "format": data_stats.format,
+            "records": data_stats.records,
+            "eval_records": data_stats.eval_records,
+            "skipped_invalid": data_stats.skipped_invalid,
+            "truncated": data_stats.truncated,
+            "dropped_no_labels": data_stats.dropped_no_labels,
+        },
+    }

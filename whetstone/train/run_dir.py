@@ -1,0 +1,77 @@
+"""The run directory: config.yaml, metrics.jsonl, summary.json, weights, checkpoints.
+
+    runs/r1/
+      config.yaml      the resolved config (what --resume reads back)
+      metrics.jsonl    one JSON object per logged step
+      summary.json     final figures
+      adapter/         PEFT adapter (lora, dora, qlora)   | model/  HF safetensors (full, freeze)
+      checkpoints/     resumable state, newest last; `latest` names the newest
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from whetstone.config import RunConfig, config_from_dict, dump_config, read_yaml
+from whetstone.errors import WhetstoneError
+
+
+class RunDirectory:
+    def __init__(self, path: Path):
+        self.path = path
+        self.checkpoints = path / "checkpoints"
+        self.metrics_path = path / "metrics.jsonl"
+
+    @classmethod
+    def create(cls, path: str | Path, config: RunConfig, overwrite: bool = False) -> "RunDirectory":
+        path = Path(path)
+        if path.exists() and any(path.iterdir()):
+            if not overwrite:
+                raise WhetstoneError(
+                    f"run directory {path} already exists. Pass --overwrite to replace it, "
+                    f"--resume {path} to continue it, or choose another -o."
+                )
+            if not (path / "config.yaml").is_file():
+                raise WhetstoneError(
+                    f"--overwrite refused: {path} is not a whetstone run directory (no config.yaml), so it is not "
+                    f"deleted. Choose an empty or new directory."
+                )
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+        run = cls(path)
+        (path / "config.yaml").write_text(dump_config(config))
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> tuple["RunDirectory", RunConfig]:
+        path = Path(path)
+        if not (path / "config.yaml").is_file():
+            raise WhetstoneError(f"--resume {path}: not a run directory (no config.yaml in it).")
+        config = config_from_dict(read_yaml(path / "config.yaml"), str(path / "config.yaml"))
+        return cls(path), config
+
+    def append_metrics(self, row: dict) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drop rows logged after the checkpoint we resume from: they will be logged again."""
+        if not self.metrics_path.is_file():
+            return
+        rows = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        kept = [line for line in rows if json.loads(line).get("step", 0) <= after_step]
+        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_path.is_file():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def write_json(self, name: str, payload: dict) -> None:
+        tmp = self.path / f".{name}.tmp"
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+        os.replace(tmp, self.path / name)
