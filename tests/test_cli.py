@@ -58,3 +58,14 @@ def test_usage_error_is_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--no-such-flag"])
     assert info.value.code == 2
+
+
+def test_on_error_skip_trains_on_the_valid_records_and_counts_the_rest(tmp_path, tiny_model_dir, qa_file, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text(qa_file.read_text() + '{"messages": [{"role": "user", "content": "no answer"}]}\n' + "{oops\n")
+    code = main(["train", "--set", f"model={tiny_model_dir}", "--set", f"data.train={data}", "--set",
+                 "data.on_error=skip", "--set", "train.max_steps=1", "-o", str(tmp_path / "run"), "--quiet"])
+    assert code == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["data"]["records"] == 32 and summary["data"]["skipped_invalid"] == 2
+    assert "skipped 2 invalid records" in capsys.readouterr().out

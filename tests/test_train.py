@@ -79,11 +79,12 @@ def test_run_directory_contract(tmp_path, tiny_model_dir, qa_file):
 
 
 def test_tokens_count_real_tokens_only(tmp_path, tiny_model_dir, qa_file, tiny_tokenizer):
-    from whetstone.data.dataset import prepare_data
+    from whetstone.data.dataset import load_splits, tokenize
 
     config = tiny_config(tiny_model_dir, qa_file, "train.max_steps=4", "train.batch_size=8")
     summary = train(config, tmp_path / "run", progress=False)
-    train_set, _, _ = prepare_data(config.data, tiny_tokenizer, 0)
+    records, _, _ = load_splits(config.data, 0)
+    train_set = tokenize(records, tiny_tokenizer, config.data)
     assert summary["tokens"] == sum(len(e.input_ids) for e in train_set.examples)  # 4 x 8 = all 32, no padding
 
 
@@ -114,3 +115,29 @@ def test_eval_fraction_holds_out_records(tmp_path, tiny_model_dir, qa_file):
     summary = train(config, tmp_path / "run", progress=False)
     assert summary["data"]["records"] == 24 and summary["data"]["eval_records"] == 8
     assert summary["eval_loss"] > 0
+
+
+def test_sigint_writes_a_checkpoint_and_resume_finishes(tmp_path, tiny_model_dir, qa_file):
+    """A real Ctrl-C to a real process: it stops at a step boundary, checkpoints, and resumes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "whetstone", "train", "--set", f"model={tiny_model_dir}",
+               "--set", f"data.train={qa_file}", "--set", "train.max_steps=100000", "--set", "train.batch_size=2",
+               "--set", "train.checkpoint_every=100000", "-o", str(run), "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "whetstone train --resume" in out
+    step = int((run / "checkpoints" / "latest").read_text().removeprefix("step-"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_early"] and summary["steps"] == step >= 1

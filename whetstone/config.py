@@ -80,18 +80,151 @@ class MethodConfig:
         if self.name == "freeze":
             if self.top_blocks < 0:
                 problems.append(f"method.top_blocks: got {self.top_blocks}; must be 0 or more.")
-            if self.top_blocks == 0 and not self.train_modules and not self.train_head:
-                problems.append(
-                    "method: 'freeze' with nothing left trainable; set method.top_blocks (e.g. 2), "
-                    "method.train_modules or method.train_head: true."
-                )
         return problems
+
+    def trains_nothing(self) -> bool:
+        """freeze with nothing unfrozen: only a new head (objective: reward) would learn."""
+        return self.name == "freeze" and self.top_blocks == 0 and not self.train_modules and not self.train_head
+
+
+@dataclass
+class RewardSource:
+    run: str | None = None
+    """A reward-model run directory (trained with objective: reward); it scores prompt + completion."""
+    function: str | None = None
+    """A Python reward, 'module:function' or 'path/file.py:function', called as
+    f(prompts=[...], completions=[...], references=[...]) -> list of floats. Only what you name is imported."""
+    weight: float = 1.0
+    """Weight of this reward in the sum of all rewards."""
+
+
+ONLINE_OBJECTIVES = ("ppo", "grpo")
 
 
 @dataclass
 class ObjectiveConfig:
-    name: Literal["sft"] = "sft"
-    """Which loss: sft (next-token loss on completion tokens). More objectives plug in here."""
+    name: Literal["sft", "reward", "dpo", "kto", "ppo", "grpo"] = "sft"
+    """Which loss: sft, reward (Bradley-Terry reward model), dpo (and its family, see `loss`), kto, ppo, grpo."""
+    loss: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"] = "sigmoid"
+    """dpo: sigmoid (DPO; cDPO with label_smoothing), ipo, hinge (SLiC); reference-free simpo, orpo."""
+    beta: float = 0.1
+    """dpo/kto: inverse temperature of the implicit reward beta * log(pi / pi_ref); orpo: weight of the odds-ratio term."""
+    label_smoothing: float = 0.0
+    """dpo sigmoid: assumed probability that a preference label is flipped (cDPO); 0 is plain DPO."""
+    margin: float = 0.0
+    """reward: Bradley-Terry margin m in -log sigmoid(r_chosen - r_rejected - m); simpo: the target margin gamma."""
+    length_normalize: bool | None = None
+    """dpo: average log-probs per token instead of summing; null uses the paper's choice (on for simpo and orpo)."""
+    precompute_reference: bool = False
+    """dpo: compute reference log-probs once before training; full fine-tuning then keeps no second model."""
+    desirable_weight: float = 1.0
+    """kto: weight of the loss on desirable (thumbs-up) examples."""
+    undesirable_weight: float = 1.0
+    """kto: weight of the loss on undesirable (thumbs-down) examples."""
+    head: Literal["seq_cls", "value"] = "seq_cls"
+    """reward: the scalar head, 'seq_cls' (a 1-label sequence-classification head, 'score') or 'value' (a value
+    head 'v_head' with bias on the causal LM). Which weights train beside it is method: full, freeze or lora."""
+    reward: list[RewardSource] = field(default_factory=list)
+    """ppo/grpo: the rewards, each {run: RM_RUN_DIR} or {function: 'module:function'}, with a weight; summed."""
+    kl_coef: float = 0.05
+    """ppo: coefficient of the per-token KL penalty to the reference; grpo: weight of its KL term (0 turns it off)."""
+    adaptive_kl: bool = False
+    """ppo: adapt kl_coef towards kl_target (Ziegler et al. 2019) instead of keeping it fixed."""
+    kl_target: float = 6.0
+    """ppo with adaptive_kl: the KL (nats per completion) the coefficient steers towards."""
+    kl_horizon: int = 10000
+    """ppo with adaptive_kl: horizon of the controller, in completions; larger adapts more slowly."""
+    gamma: float = 1.0
+    """ppo: discount of future per-token rewards in GAE."""
+    lam: float = 0.95
+    """ppo: GAE lambda; 1 gives Monte-Carlo returns, 0 one-step TD."""
+    clip_range: float = 0.2
+    """ppo/grpo: the policy ratio is clipped to [1 - clip_range, 1 + clip_range]."""
+    value_clip: float = 0.2
+    """ppo: new values are clipped to within this of the rollout's values."""
+    vf_coef: float = 0.1
+    """ppo: weight of the value loss beside the policy loss."""
+    ppo_epochs: int = 2
+    """ppo/grpo: passes of minibatch updates over each round's rollouts."""
+    num_generations: int = 4
+    """grpo: completions sampled per prompt (the group whose rewards are normalised)."""
+    temperature: float = 1.0
+    """ppo/grpo: sampling temperature of the rollouts."""
+    top_p: float = 1.0
+    """ppo/grpo: nucleus sampling; 1.0 samples from the whole distribution."""
+    max_new_tokens: int = 64
+    """ppo/grpo: longest completion; generation also stops at EOS."""
+    rollout_batch_size: int = 8
+    """ppo/grpo: prompts sampled per round (grpo samples num_generations completions for each)."""
+
+    def validate(self) -> list[str]:
+        problems = []
+        name = self.name
+        if self.beta <= 0:
+            problems.append(f"objective.beta: got {self.beta}; must be positive (0.1 is the usual DPO value).")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            problems.append(f"objective.label_smoothing: got {self.label_smoothing}; must be in [0, 0.5).")
+        if self.label_smoothing and self.loss != "sigmoid":
+            problems.append(
+                f"objective.label_smoothing is {self.label_smoothing} but objective.loss is '{self.loss}'; "
+                f"label smoothing (cDPO) applies to loss 'sigmoid' only."
+            )
+        if self.precompute_reference and name != "dpo":
+            problems.append(f"objective.precompute_reference applies to objective dpo only, not '{name}'.")
+        if self.precompute_reference and self.loss in ("simpo", "orpo"):
+            problems.append(f"objective.precompute_reference: loss '{self.loss}' uses no reference model; remove it.")
+        for key in ("desirable_weight", "undesirable_weight"):
+            if getattr(self, key) <= 0:
+                problems.append(f"objective.{key}: got {getattr(self, key)}; must be positive.")
+        if name in ONLINE_OBJECTIVES:
+            problems += self._validate_online()
+        elif self.reward:
+            problems.append(f"objective.reward is set, but objective '{name}' does not use it; rewards are for ppo and grpo.")
+        return problems
+
+    def _validate_online(self) -> list[str]:
+        problems = []
+        if not self.reward:
+            problems.append(
+                f"objective.reward: {self.name} needs at least one reward, e.g. reward: [{{run: runs/rm}}] "
+                f"or reward: [{{function: 'mypackage.rewards:exact_match', weight: 1.0}}]."
+            )
+        for i, source in enumerate(self.reward):
+            key = f"objective.reward[{i}]"
+            if (source.run is None) == (source.function is None):
+                problems.append(f"{key}: give exactly one of 'run' (a reward-model run dir) or 'function'.")
+            if source.function is not None and (":" not in source.function or source.function.endswith(":")):
+                problems.append(
+                    f"{key}.function: got {source.function!r}; write it as 'module:function' or 'file.py:function'."
+                )
+            if source.weight == 0:
+                problems.append(f"{key}.weight: got 0; remove the reward instead.")
+        if self.kl_coef < 0:
+            problems.append(f"objective.kl_coef: got {self.kl_coef}; must be 0 or more.")
+        if self.adaptive_kl and (self.kl_target <= 0 or self.kl_horizon < 1):
+            problems.append("objective.kl_target and objective.kl_horizon must be positive with adaptive_kl.")
+        if self.adaptive_kl and self.kl_coef == 0:
+            problems.append("objective.adaptive_kl needs a starting kl_coef above 0 (e.g. 0.05).")
+        for key in ("gamma", "lam"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                problems.append(f"objective.{key}: got {getattr(self, key)}; must be in [0, 1].")
+        if not 0.0 < self.clip_range < 1.0:
+            problems.append(f"objective.clip_range: got {self.clip_range}; must be in (0, 1), e.g. 0.2.")
+        if self.value_clip <= 0 or self.vf_coef < 0:
+            problems.append("objective.value_clip must be positive and objective.vf_coef 0 or more.")
+        for key in ("ppo_epochs", "max_new_tokens", "rollout_batch_size"):
+            if getattr(self, key) < 1:
+                problems.append(f"objective.{key}: got {getattr(self, key)}; must be a positive integer.")
+        if self.name == "grpo" and self.num_generations < 2:
+            problems.append(
+                f"objective.num_generations: got {self.num_generations}; grpo compares completions within a group, "
+                f"so it needs at least 2 (4 to 16 is usual)."
+            )
+        if self.temperature <= 0:
+            problems.append(f"objective.temperature: got {self.temperature}; rollouts are sampled, so it must be > 0.")
+        if not 0.0 < self.top_p <= 1.0:
+            problems.append(f"objective.top_p: got {self.top_p}; must be in (0, 1].")
+        return problems
 
 
 @dataclass
@@ -122,9 +255,13 @@ class DataConfig:
     """Bad records stop the run (error) or are skipped and counted (skip)."""
     chat_template: str | None = None
     """Override the model's chat template with this Jinja string (e.g. for a base model without one)."""
+    canaries: int = 0
+    """Plant N random secret strings in the training data; `whetstone audit` then measures their exposure."""
 
     def validate(self) -> list[str]:
         problems = []
+        if self.canaries < 0:
+            problems.append(f"data.canaries: got {self.canaries}; must be 0 (none) or a number of canaries, e.g. 4.")
         if self.train == "" or self.train == []:
             problems.append("data.train: missing; set it to a data file, e.g. data.train=examples/stdlib_qa/train.jsonl.")
         if not 0.0 <= self.eval_fraction < 1.0:
@@ -196,22 +333,52 @@ class TrainConfig:
         return problems
 
 
+EVAL_METRICS = ("loss", "exact_match", "chrf", "bleu", "rouge", "accuracy", "macro_f1")
+
+
 @dataclass
 class EvalConfig:
     every: int = 100
     """Evaluate on data.eval every N optimizer steps (and at the end)."""
     metrics: list[str] = field(default_factory=lambda: ["loss"])
-    """Metrics computed on the eval set: loss (with perplexity)."""
+    """loss (and perplexity) runs during training; exact_match, chrf, bleu, rouge, accuracy, macro_f1 at the end."""
     max_batches: int | None = None
     """Cap on eval batches per evaluation, to keep mid-run evals cheap."""
+    final_limit: int | None = 200
+    """End-of-training generation metrics use the first N eval records; null uses them all."""
+    max_new_tokens: int = 128
+    """Longest generated answer, in tokens, for the end-of-training metrics."""
+    generation_batch_size: int = 16
+    """Prompts generated together (left-padded, greedy, each row stops at EOS)."""
+    forgetting: bool = False
+    """At the end of training, run the general-ability probe on the base and the tuned model; deltas go to summary.json."""
+    forgetting_data: str | list[str] | None = None
+    """Probe files for eval.forgetting (text records: perplexity; chat records: QA). Default: examples/general_probe."""
+
+    def probe_files(self) -> list[str]:
+        if self.forgetting_data is None:
+            return []
+        return [self.forgetting_data] if isinstance(self.forgetting_data, str) else list(self.forgetting_data)
 
     def validate(self) -> list[str]:
         problems = []
         if self.every < 1:
             problems.append(f"eval.every: got {self.every}; must be a positive integer.")
-        unknown = [m for m in self.metrics if m not in ("loss",)]
+        unknown = [m for m in self.metrics if m not in EVAL_METRICS]
         if unknown:
-            problems.append(f"eval.metrics: got {unknown}; the training loop computes: loss.")
+            problems.append(f"eval.metrics: got {unknown}; known metrics are {', '.join(EVAL_METRICS)}.")
+        for name in ("max_new_tokens", "generation_batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"eval.{name}: got {getattr(self, name)}; must be a positive integer.")
+        if self.final_limit is not None and self.final_limit < 1:
+            problems.append(f"eval.final_limit: got {self.final_limit}; must be positive, or null for every record.")
+        # Checked now, not after training: a missing probe file must not cost a finished run.
+        for path in self.probe_files():
+            if not path.startswith("hf:") and not Path(path).exists():
+                problems.append(f"eval.forgetting_data: {path} does not exist; give a JSONL file of text and/or chat "
+                                f"records, or leave it unset for the bundled examples/general_probe set.")
+        if self.forgetting_data is not None and not self.forgetting:
+            problems.append("eval.forgetting_data is set but eval.forgetting is false; set eval.forgetting: true.")
         return problems
 
 
@@ -231,6 +398,16 @@ class RunConfig:
     """Evaluation during and after training."""
     output: str | None = None
     """Run directory; `-o DIR` on the command line overrides it."""
+
+    def validate(self) -> list[str]:
+        """Checks across sections (each section checks its own fields)."""
+        problems = []
+        if self.method.trains_nothing() and self.objective.name != "reward":
+            problems.append(
+                "method: 'freeze' with nothing left trainable; set method.top_blocks (e.g. 2), "
+                "method.train_modules or method.train_head: true."
+            )
+        return problems
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -34,11 +34,12 @@ class DataError(WhetstoneError):
 
     exit_code = 1
 
-    def __init__(self, problems: list[Problem], header: str = "the data has problems", shown: int = 20):
+    def __init__(self, problems: list[Problem], header: str = "the data has problems", shown: int = 20,
+                 fix: str = "Fix these records, or set data.on_error=skip to train on the valid ones."):
         self.problems = list(problems)
         lines = [f"{header} ({len(self.problems)} in all):"]
         lines += [f"  {p}" for p in self.problems[:shown]]
         if len(self.problems) > shown:
             lines.append(f"  ... and {len(self.problems) - shown} more; run `whetstone data check` for the full list")
-        lines.append("Fix these records, or set data.on_error=skip to train on the valid ones.")
+        lines.append(fix)
         super().__init__("\n".join(lines))

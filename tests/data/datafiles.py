@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 
-
 def jsonl_bytes(rows: list[dict]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
 
@@ -28,7 +27,9 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
         data = json.dumps(rows, indent=2).encode()
     elif name.endswith((".csv", ".tsv")):
         text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=list(rows[0]), dialect="excel-tab" if name.endswith(".tsv") else "excel")
+        writer = csv.DictWriter(
+            text, fieldnames=list(rows[0]), dialect="excel-tab" if name.endswith(".tsv") else "excel"
+        )
         writer.writeheader()
         for row in rows:
             writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})

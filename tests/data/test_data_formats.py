@@ -21,7 +21,15 @@ def one(tmp_path, row: dict, format: str = "auto", **kwargs) -> Record:
 
 def test_format_names_are_the_documented_ones():
     assert FORMATS == (
-        "text", "prompt_completion", "alpaca", "messages", "sharegpt", "preference", "kto", "classification", "prompt",
+        "text",
+        "prompt_completion",
+        "alpaca",
+        "messages",
+        "sharegpt",
+        "preference",
+        "kto",
+        "classification",
+        "prompt",
     )
 
 
@@ -30,29 +38,77 @@ def test_format_names_are_the_documented_ones():
     [
         ({"text": "Once upon a time."}, "text", {"text": "Once upon a time."}),
         ({"prompt": "2+2?", "completion": "4"}, "chat", {"messages": ((U, "2+2?"), (A, "4"))}),
-        ({"instruction": "Add.", "input": "2 and 2", "output": "4"}, "chat",
-         {"messages": ((U, "Add.\n\n2 and 2"), (A, "4"))}),
+        (
+            {"instruction": "Add.", "input": "2 and 2", "output": "4"},
+            "chat",
+            {"messages": ((U, "Add.\n\n2 and 2"), (A, "4"))},
+        ),
         ({"instruction": "Add.", "input": "  ", "output": "4"}, "chat", {"messages": ((U, "Add."), (A, "4"))}),
         ({"instruction": "Add.", "output": "4"}, "chat", {"messages": ((U, "Add."), (A, "4"))}),
-        ({"messages": [{"role": S, "content": "Be brief."}, {"role": U, "content": "Hi"}, {"role": A, "content": "Hello"},
-                       {"role": U, "content": "Bye"}, {"role": A, "content": "Bye"}]}, "chat",
-         {"messages": ((S, "Be brief."), (U, "Hi"), (A, "Hello"), (U, "Bye"), (A, "Bye"))}),
-        ({"messages": [{"role": U, "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]},
-                       {"role": A, "content": "Hello"}]}, "chat", {"messages": ((U, "Hi there"), (A, "Hello"))}),
-        ({"conversations": [{"from": "system", "value": "s"}, {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"},
-                            {"from": "user", "value": "q2"}, {"from": "bot", "value": "a2"}]}, "chat",
-         {"messages": ((S, "s"), (U, "q"), (A, "a"), (U, "q2"), (A, "a2"))}),
-        ({"prompt": "Q?", "chosen": "good", "rejected": "bad"}, "preference",
-         {"messages": ((U, "Q?"),), "chosen": ((A, "good"),), "rejected": ((A, "bad"),)}),
+        (
+            {
+                "messages": [
+                    {"role": S, "content": "Be brief."},
+                    {"role": U, "content": "Hi"},
+                    {"role": A, "content": "Hello"},
+                    {"role": U, "content": "Bye"},
+                    {"role": A, "content": "Bye"},
+                ]
+            },
+            "chat",
+            {"messages": ((S, "Be brief."), (U, "Hi"), (A, "Hello"), (U, "Bye"), (A, "Bye"))},
+        ),
+        (
+            {
+                "messages": [
+                    {"role": U, "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}]},
+                    {"role": A, "content": "Hello"},
+                ]
+            },
+            "chat",
+            {"messages": ((U, "Hi there"), (A, "Hello"))},
+        ),
+        (
+            {
+                "conversations": [
+                    {"from": "system", "value": "s"},
+                    {"from": "human", "value": "q"},
+                    {"from": "gpt", "value": "a"},
+                    {"from": "user", "value": "q2"},
+                    {"from": "bot", "value": "a2"},
+                ]
+            },
+            "chat",
+            {"messages": ((S, "s"), (U, "q"), (A, "a"), (U, "q2"), (A, "a2"))},
+        ),
+        (
+            {"prompt": "Q?", "chosen": "good", "rejected": "bad"},
+            "preference",
+            {"messages": ((U, "Q?"),), "chosen": ((A, "good"),), "rejected": ((A, "bad"),)},
+        ),
         # Conversational pairs with the prompt repeated inside chosen/rejected (Anthropic HH style).
-        ({"chosen": [{"role": U, "content": "Q?"}, {"role": A, "content": "good"}],
-          "rejected": [{"role": U, "content": "Q?"}, {"role": A, "content": "bad"}]}, "preference",
-         {"messages": ((U, "Q?"),), "chosen": ((A, "good"),), "rejected": ((A, "bad"),)}),
-        ({"prompt": [{"role": S, "content": "s"}, {"role": U, "content": "Q?"}],
-          "chosen": [{"role": A, "content": "good"}], "rejected": [{"role": A, "content": "bad"}]}, "preference",
-         {"messages": ((S, "s"), (U, "Q?")), "chosen": ((A, "good"),), "rejected": ((A, "bad"),)}),
-        ({"prompt": "Q?", "completion": "A.", "label": False}, "feedback",
-         {"messages": ((U, "Q?"),), "completion": ((A, "A."),), "label": False}),
+        (
+            {
+                "chosen": [{"role": U, "content": "Q?"}, {"role": A, "content": "good"}],
+                "rejected": [{"role": U, "content": "Q?"}, {"role": A, "content": "bad"}],
+            },
+            "preference",
+            {"messages": ((U, "Q?"),), "chosen": ((A, "good"),), "rejected": ((A, "bad"),)},
+        ),
+        (
+            {
+                "prompt": [{"role": S, "content": "s"}, {"role": U, "content": "Q?"}],
+                "chosen": [{"role": A, "content": "good"}],
+                "rejected": [{"role": A, "content": "bad"}],
+            },
+            "preference",
+            {"messages": ((S, "s"), (U, "Q?")), "chosen": ((A, "good"),), "rejected": ((A, "bad"),)},
+        ),
+        (
+            {"prompt": "Q?", "completion": "A.", "label": False},
+            "feedback",
+            {"messages": ((U, "Q?"),), "completion": ((A, "A."),), "label": False},
+        ),
         ({"text": "great film", "label": "pos"}, "classification", {"text": "great film", "label": "pos"}),
         ({"text": "great film", "label": 1}, "classification", {"text": "great film", "label": "1"}),
         ({"prompt": "What is 6*7?", "answer": 42}, "prompt", {"messages": ((U, "What is 6*7?"),), "reference": "42"}),
@@ -94,7 +150,11 @@ def test_labels_from_a_list_reject_unknown_classes(tmp_path):
     result = load_records(str(path), on_error="skip", labels=["pos", "neg"])
     assert [r.label for r in result.records] == ["pos"]
     assert result.problems == [
-        Problem(f"{path}:2", "label", '"neutral" is not one of the labels (neg, pos); fix the label or add it to the label list')
+        Problem(
+            f"{path}:2",
+            "label",
+            '"neutral" is not one of the labels (neg, pos); fix the label or add it to the label list',
+        )
     ]
     assert label_set(load_records(str(path)).records) == ["neutral", "pos"]
 
@@ -177,7 +237,10 @@ def test_detection_reports_rows_of_another_format():
 
 def test_detection_failure_names_the_fields_seen(tmp_path):
     path = write_rows(tmp_path / "d.jsonl", [{"question": "q", "response": "r"}])
-    with pytest.raises(WhetstoneError, match=r"first rows have fields '(question|response)', '(question|response)', which match no format"):
+    with pytest.raises(
+        WhetstoneError,
+        match=r"first rows have fields '(question|response)', '(question|response)', which match no format",
+    ):
         open_records(str(path))
 
 

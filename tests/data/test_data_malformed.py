@@ -36,62 +36,193 @@ CASES = [
     ("null-field", "text", {"text": None}, [("text", "is null; give it a value")]),
     ("wrong-type", "text", {"text": ["a"]}, [("text", 'expected a string, got ["a"] (a list)')]),
     ("empty-text", "text", {"text": "  \n"}, [("text", "is empty; give it text, or drop the record")]),
-    ("empty-completion", "prompt_completion", {"prompt": "p", "completion": ""},
-     [("completion", "is empty; give it text, or drop the record")]),
-    ("alpaca-missing-output", "alpaca", {"instruction": "i", "input": "x"},
-     [("output", "is missing; this format needs field 'output'")]),
-    ("alpaca-input-not-string", "alpaca", {"instruction": "i", "input": 3, "output": "o"},
-     [("input", "expected a string, got 3 (a number)")]),
-    ("messages-not-list", "messages", {"messages": "hi"}, [("messages", 'expected a list of messages, got "hi" (a string)')]),
-    ("messages-empty", "messages", {"messages": []},
-     [("messages", "is an empty list; a conversation needs at least one message")]),
-    ("message-not-object", "messages", {"messages": ["hi"]},
-     [("messages[0]", "expected an object with 'role' and 'content', got \"hi\"")]),
-    ("unknown-role", "messages", {"messages": turns(("user", "q"), ("tool", "42"))},
-     [("messages[1].role", 'unknown role "tool"; expected one of assistant, system, user')]),
-    ("content-null-tool-call", "messages",
-     {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": []}]},
-     [("messages[1].content", "is missing or null (tool calls are not supported); every message needs text")]),
-    ("image-part", "messages",
-     {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}, {"role": "assistant", "content": "a"}]},
-     [("messages[0].content[0]", 'only text parts are supported, got {"type": "image_url", "image_url": "x"}')]),
-    ("empty-content", "messages", {"messages": turns(("user", "q"), ("assistant", " "))},
-     [("messages[1].content", "is empty; give the message text, or remove it")]),
-    ("not-alternating", "messages", {"messages": turns(("user", "q"), ("user", "q2"), ("assistant", "a"))},
-     [("messages[1]", "is 'user' right after another 'user' turn; user and assistant turns must alternate (merge the two)")]),
-    ("system-not-first", "messages", {"messages": turns(("user", "q"), ("system", "s"), ("assistant", "a"))},
-     [("messages[1]", "is a 'system' message, which may only come first")]),
-    ("starts-with-assistant", "messages", {"messages": turns(("system", "s"), ("assistant", "a"))},
-     [("messages[1]", "is 'assistant', but the conversation must start with a 'user' turn (after an optional 'system' message)")]),
-    ("no-assistant", "messages", {"messages": turns(("system", "s"), ("user", "q"))},
-     [("messages", "has no 'assistant' turn, so there is nothing to train on; add the answer, or use format 'prompt' for prompts only")]),
-    ("ends-on-user", "messages", {"messages": turns(("user", "q"), ("assistant", "a"), ("user", "q2"))},
-     [("messages", "ends with a 'user' turn; the last message must be the assistant's answer (remove the trailing turn)")]),
-    ("sharegpt-unknown-from", "sharegpt", {"conversations": [{"from": "human", "value": "q"}, {"from": "observation", "value": "x"}]},
-     [("conversations[1].from", 'unknown role "observation"; expected one of assistant, bot, gpt, human, system, user')]),
-    ("chosen-equals-rejected", "preference", {"prompt": "p", "chosen": "same", "rejected": "same"},
-     [("rejected", "is identical to 'chosen'; a preference pair needs two different answers")]),
-    ("preference-no-shared-prompt", "preference",
-     {"chosen": turns(("user", "q1"), ("assistant", "a")), "rejected": turns(("user", "q2"), ("assistant", "b"))},
-     [("prompt", "is missing; add a 'prompt' field, or start 'chosen' and 'rejected' with the same user turn(s)")]),
-    ("preference-prompt-ends-on-assistant", "preference",
-     {"prompt": turns(("user", "q"), ("assistant", "a")), "chosen": "c", "rejected": "r"},
-     [("prompt", "must end with a 'user' turn (the prompt to answer), but ends with 'assistant'")]),
-    ("preference-chosen-user-turn", "preference",
-     {"prompt": "p", "chosen": turns(("user", "x")), "rejected": "r"},
-     [("chosen[0]", "is 'user', but the conversation must start with an 'assistant' turn")]),
-    ("kto-label-not-bool", "kto", {"prompt": "p", "completion": "c", "label": "good"},
-     [("label", 'expected true or false, got "good" (a string)')]),
-    ("classification-label-float", "classification", {"text": "t", "label": 0.5},
-     [("label", "expected a class name (string or integer), got 0.5 (a number)")]),
-    ("classification-empty-label", "classification", {"text": "t", "label": ""}, [("label", "is empty; give the class name")]),
+    (
+        "empty-completion",
+        "prompt_completion",
+        {"prompt": "p", "completion": ""},
+        [("completion", "is empty; give it text, or drop the record")],
+    ),
+    (
+        "alpaca-missing-output",
+        "alpaca",
+        {"instruction": "i", "input": "x"},
+        [("output", "is missing; this format needs field 'output'")],
+    ),
+    (
+        "alpaca-input-not-string",
+        "alpaca",
+        {"instruction": "i", "input": 3, "output": "o"},
+        [("input", "expected a string, got 3 (a number)")],
+    ),
+    (
+        "messages-not-list",
+        "messages",
+        {"messages": "hi"},
+        [("messages", 'expected a list of messages, got "hi" (a string)')],
+    ),
+    (
+        "messages-empty",
+        "messages",
+        {"messages": []},
+        [("messages", "is an empty list; a conversation needs at least one message")],
+    ),
+    (
+        "message-not-object",
+        "messages",
+        {"messages": ["hi"]},
+        [("messages[0]", "expected an object with 'role' and 'content', got \"hi\"")],
+    ),
+    (
+        "unknown-role",
+        "messages",
+        {"messages": turns(("user", "q"), ("tool", "42"))},
+        [("messages[1].role", 'unknown role "tool"; expected one of assistant, system, user')],
+    ),
+    (
+        "content-null-tool-call",
+        "messages",
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": []}]},
+        [("messages[1].content", "is missing or null (tool calls are not supported); every message needs text")],
+    ),
+    (
+        "image-part",
+        "messages",
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": "x"}]},
+                {"role": "assistant", "content": "a"},
+            ]
+        },
+        [("messages[0].content[0]", 'only text parts are supported, got {"type": "image_url", "image_url": "x"}')],
+    ),
+    (
+        "empty-content",
+        "messages",
+        {"messages": turns(("user", "q"), ("assistant", " "))},
+        [("messages[1].content", "is empty; give the message text, or remove it")],
+    ),
+    (
+        "not-alternating",
+        "messages",
+        {"messages": turns(("user", "q"), ("user", "q2"), ("assistant", "a"))},
+        [
+            (
+                "messages[1]",
+                "is 'user' right after another 'user' turn; user and assistant turns must alternate (merge the two)",
+            )
+        ],
+    ),
+    (
+        "system-not-first",
+        "messages",
+        {"messages": turns(("user", "q"), ("system", "s"), ("assistant", "a"))},
+        [("messages[1]", "is a 'system' message, which may only come first")],
+    ),
+    (
+        "starts-with-assistant",
+        "messages",
+        {"messages": turns(("system", "s"), ("assistant", "a"))},
+        [
+            (
+                "messages[1]",
+                "is 'assistant', but the conversation must start with a 'user' turn "
+                "(after an optional 'system' message)",
+            )
+        ],
+    ),
+    (
+        "no-assistant",
+        "messages",
+        {"messages": turns(("system", "s"), ("user", "q"))},
+        [
+            (
+                "messages",
+                "has no 'assistant' turn, so there is nothing to train on; add the answer, "
+                "or use format 'prompt' for prompts only",
+            )
+        ],
+    ),
+    (
+        "ends-on-user",
+        "messages",
+        {"messages": turns(("user", "q"), ("assistant", "a"), ("user", "q2"))},
+        [
+            (
+                "messages",
+                "ends with a 'user' turn; the last message must be the assistant's answer (remove the trailing turn)",
+            )
+        ],
+    ),
+    (
+        "sharegpt-unknown-from",
+        "sharegpt",
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "observation", "value": "x"}]},
+        [
+            (
+                "conversations[1].from",
+                'unknown role "observation"; expected one of assistant, bot, gpt, human, system, user',
+            )
+        ],
+    ),
+    (
+        "chosen-equals-rejected",
+        "preference",
+        {"prompt": "p", "chosen": "same", "rejected": "same"},
+        [("rejected", "is identical to 'chosen'; a preference pair needs two different answers")],
+    ),
+    (
+        "preference-no-shared-prompt",
+        "preference",
+        {"chosen": turns(("user", "q1"), ("assistant", "a")), "rejected": turns(("user", "q2"), ("assistant", "b"))},
+        [("prompt", "is missing; add a 'prompt' field, or start 'chosen' and 'rejected' with the same user turn(s)")],
+    ),
+    (
+        "preference-prompt-ends-on-assistant",
+        "preference",
+        {"prompt": turns(("user", "q"), ("assistant", "a")), "chosen": "c", "rejected": "r"},
+        [("prompt", "must end with a 'user' turn (the prompt to answer), but ends with 'assistant'")],
+    ),
+    (
+        "preference-chosen-user-turn",
+        "preference",
+        {"prompt": "p", "chosen": turns(("user", "x")), "rejected": "r"},
+        [("chosen[0]", "is 'user', but the conversation must start with an 'assistant' turn")],
+    ),
+    (
+        "kto-label-not-bool",
+        "kto",
+        {"prompt": "p", "completion": "c", "label": "good"},
+        [("label", 'expected true or false, got "good" (a string)')],
+    ),
+    (
+        "classification-label-float",
+        "classification",
+        {"text": "t", "label": 0.5},
+        [("label", "expected a class name (string or integer), got 0.5 (a number)")],
+    ),
+    (
+        "classification-empty-label",
+        "classification",
+        {"text": "t", "label": ""},
+        [("label", "is empty; give the class name")],
+    ),
     ("task-not-string", "text", {"text": "t", "task": 3}, [("task", "expected a string, got 3 (a number)")]),
-    ("prompt-reference-object", "prompt", {"prompt": "p", "reference": {"a": 1}},
-     [("reference", 'expected a string or number, got {"a": 1} (an object)')]),
-    ("several-problems-at-once", "kto", {"prompt": "", "completion": 1},
-     [("prompt", "is empty; give it text, or drop the record"),
-      ("completion", "expected a string or a list of messages, got 1 (a number)"),
-      ("label", "is missing; this format needs field 'label'")]),
+    (
+        "prompt-reference-object",
+        "prompt",
+        {"prompt": "p", "reference": {"a": 1}},
+        [("reference", 'expected a string or number, got {"a": 1} (an object)')],
+    ),
+    (
+        "several-problems-at-once",
+        "kto",
+        {"prompt": "", "completion": 1},
+        [
+            ("prompt", "is empty; give it text, or drop the record"),
+            ("completion", "expected a string or a list of messages, got 1 (a number)"),
+            ("label", "is missing; this format needs field 'label'"),
+        ],
+    ),
 ]
 
 
@@ -106,13 +237,20 @@ def test_malformed_record_is_reported_on_its_line(tmp_path, case_id, format, bad
 
 
 RAW_CASES = [
-    ("invalid-json", b'{"text": "a",}\n', "invalid JSON at column 14: Expecting property name enclosed in double quotes"),
+    (
+        "invalid-json",
+        b'{"text": "a",}\n',
+        "invalid JSON at column 14: Expecting property name enclosed in double quotes",
+    ),
     ("not-an-object", b'["text", "a"]\n', "expected a JSON object {...}, got an array"),
     ("json-null", b"null\n", "expected a JSON object {...}, got null"),
     ("invalid-utf8", b'{"text": "caf\xe9"}\n', "invalid UTF-8 at byte 14 of the line; re-save the file as UTF-8"),
-    ("truncated", b'{"text": "cut he',
-     "invalid JSON at column 10: Unterminated string starting at; the line ends before the JSON value does "
-     "(it is the last line and has no newline: the file may be truncated)"),
+    (
+        "truncated",
+        b'{"text": "cut he',
+        "invalid JSON at column 10: Unterminated string starting at; the line ends before the JSON value does "
+        "(it is the last line and has no newline: the file may be truncated)",
+    ),
 ]
 
 

@@ -34,8 +34,10 @@ def kinds(text: str) -> list[tuple[str, str]]:
         ("slack xoxb-123456789012-abcdef", [("SECRET", "xoxb-123456789012-abcdef")]),
         ("AIzaSyA1234567890abcdefghijklmnopqrstuv", [("SECRET", "AIzaSyA1234567890abcdefghijklmnopqrstuv")]),
         ("hf_abcdefghijklmnopqrstuvwxyzABCDEF", [("SECRET", "hf_abcdefghijklmnopqrstuvwxyzABCDEF")]),
-        ("x -----BEGIN RSA PRIVATE KEY-----\nMIIEpAIB\n-----END RSA PRIVATE KEY----- y",
-         [("SECRET", "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIB\n-----END RSA PRIVATE KEY-----")]),
+        (
+            "x -----BEGIN RSA PRIVATE KEY-----\nMIIEpAIB\n-----END RSA PRIVATE KEY----- y",
+            [("SECRET", "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIB\n-----END RSA PRIVATE KEY-----")],
+        ),
         ("token aZ3kP9qL2mN8xR4tV7wY1bC5dF6gH0jK end", [("SECRET", "aZ3kP9qL2mN8xR4tV7wY1bC5dF6gH0jK")]),
     ],
 )

@@ -115,11 +115,13 @@ def test_csv_row_with_wrong_cell_count_and_unclosed_quote(write):
     items = list(iter_rows(path))
     assert items[0] == Row(f"{path}:2", 2, {"text": "fine", "label": "pos"}, untyped=True)
     assert items[1] == Problem(
-        f"{path}:3", None,
+        f"{path}:3",
+        None,
         "row has 3 cells but the header has 2 columns (text, label); check the delimiter and quoting",
     )
     assert items[2] == Problem(
-        f"{path}:4", None,
+        f"{path}:4",
+        None,
         "row has 1 cells but the header has 2 columns (text, label); check the delimiter and quoting; "
         "the row runs from line 4 to 5: is a quote left open?",
     )

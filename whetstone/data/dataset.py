@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass, field
 
 from whetstone.config import DataConfig, SourceConfig
+from whetstone.data.canaries import plant_canaries
 from whetstone.data.formats import load_records
 from whetstone.data.records import Record
 from whetstone.data.render import Rendered, render_record
@@ -77,8 +78,8 @@ def tokenize(records: list[Record], tokenizer, cfg: DataConfig, stats: DataStats
     return out
 
 
-def prepare_data(cfg: DataConfig, tokenizer, seed: int) -> tuple[TokenizedSet, TokenizedSet | None, DataStats]:
-    """Load, validate, split and tokenize the training and eval data."""
+def load_splits(cfg: DataConfig, seed: int) -> tuple[list[Record], list[Record], DataStats]:
+    """Load and validate the training and eval records; carve eval out of train if asked."""
     stats = DataStats()
     records: list[Record] = []
     for source in _sources(cfg):
@@ -91,17 +92,19 @@ def prepare_data(cfg: DataConfig, tokenizer, seed: int) -> tuple[TokenizedSet, T
         random.Random(seed).shuffle(shuffled)
         n_eval = max(1, round(len(records) * cfg.eval_fraction))
         eval_records, records = shuffled[:n_eval], shuffled[n_eval:]
+    if cfg.canaries:
+        records, canaries = plant_canaries(records, cfg.canaries, seed)
+        stats.notes.append(f"planted {len(canaries)} canaries (data.canaries); `whetstone audit` measures their exposure")
     stats.records = len(records)
     stats.eval_records = len(eval_records)
-    train_set = tokenize(records, tokenizer, cfg, stats)
+    return records, eval_records, stats
+
+
+def summarize_preparation(stats: DataStats, cfg: DataConfig) -> None:
+    """Turn the counts that tokenization left in `stats` into notes for the user."""
     if stats.truncated:
-        stats.notes.append(f"{stats.truncated} training records were longer than data.max_length={cfg.max_length} and were truncated")
+        stats.notes.append(f"{stats.truncated} training records were longer than data.max_length={cfg.max_length} "
+                           f"and were truncated")
     if stats.dropped_no_labels:
-        stats.notes.append(f"{stats.dropped_no_labels} records lost every supervised token to truncation and were dropped")
-    if len(train_set) == 0:
-        raise WhetstoneError(
-            f"data.train: no usable training examples ({stats.records} records read, {stats.dropped_no_labels} "
-            f"dropped by truncation). Raise data.max_length or check the data with `whetstone data check`."
-        )
-    eval_set = tokenize(eval_records, tokenizer, cfg) if eval_records else None
-    return train_set, eval_set, stats
+        stats.notes.append(f"{stats.dropped_no_labels} records lost every supervised token to truncation and were "
+                           f"dropped")

@@ -24,10 +24,11 @@ import json
 import os
 import re
 import socket
+import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 from urllib.parse import urlparse
 
 from whetstone.errors import Problem, WhetstoneError
@@ -116,15 +117,7 @@ def resolve_source(spec: str) -> Source:
 def iter_rows(spec: str | Source) -> Iterator[Item]:
     """Yield every row (or row-level problem) of a file or dataset, in order."""
     source = spec if isinstance(spec, Source) else resolve_source(spec)
-    if source.kind == "hf":
-        return _read_hf(source)
-    if source.kind == "parquet":
-        return _read_parquet(source)
-    if source.kind in ("csv", "tsv"):
-        return _read_delimited(source)
-    if source.kind == "json":
-        return _read_json(source)
-    return _read_jsonl(source)
+    return _READERS[source.kind](source)
 
 
 def _extensions() -> str:
@@ -164,9 +157,7 @@ def _decode(raw: bytes, origin: str, first: bool) -> str | Problem:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return Problem(
-            origin, None, f"invalid UTF-8 at byte {exc.start + 1} of the line; re-save the file as UTF-8"
-        )
+        return Problem(origin, None, f"invalid UTF-8 at byte {exc.start + 1} of the line; re-save the file as UTF-8")
     if first and text.startswith("\ufeff"):
         text = text[1:]  # a byte-order mark written by some Windows editors
     return text
@@ -176,14 +167,16 @@ def _read_jsonl(source: Source) -> Iterator[Item]:
     decoder = json.JSONDecoder()
     path = source.path
     for number, raw in _lines(source):
+        if raw.isspace():
+            continue  # blank lines are common at the end of files; not an error
         origin = f"{path}:{number}"
         text = _decode(raw, origin, number == 1)
         if isinstance(text, Problem):
             yield text
             continue
-        if not text.strip():
-            continue  # blank lines are common at the end of files; not an error
         text = text.rstrip("\r\n")
+        if not text or text.isspace():
+            continue  # e.g. a line holding only a byte-order mark
         try:
             value = decoder.decode(text)
         except json.JSONDecodeError as exc:
@@ -209,7 +202,8 @@ def _read_json(source: Source) -> Iterator[Item]:
     The array is parsed element by element with ``raw_decode`` so that a
     syntax error can be located by element and line. A file that does not
     start with "[" is read as JSON Lines, which is what most ".json" training
-    files really are.
+    files really are. An array is read into memory whole: use JSON Lines for
+    files larger than memory.
     """
     with _open_binary(source) as handle:
         try:
@@ -235,22 +229,26 @@ def _read_json(source: Source) -> Iterator[Item]:
 _WS = re.compile(r"[ \t\r\n]*")
 
 
+def _skip_space(text: str, pos: int) -> int:
+    return _WS.match(text, pos).end()  # type: ignore[union-attr]  # "*" always matches
+
+
 def _parse_json_array(text: str, path: str) -> Iterator[Item]:
     decoder = json.JSONDecoder()
-    pos = _WS.match(text, 0).end() + 1  # type: ignore[union-attr]  # after "["
+    pos = _skip_space(text, 0) + 1  # just after "["
     item = 0
     while True:
-        pos = _WS.match(text, pos).end()  # type: ignore[union-attr]
+        pos = _skip_space(text, pos)
         if text.startswith("]", pos):
-            rest = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
+            rest = _skip_space(text, pos + 1)
             if rest != len(text):
                 _array_error(path, text, rest, item, "unexpected text after the closing ']'")
             return
-        if item > 0:
-            if not text.startswith(",", pos):
-                _array_error(path, text, pos, item, "expected ',' or ']' between array elements")
-            pos = _WS.match(text, pos + 1).end()  # type: ignore[union-attr]
         item += 1
+        if item > 1:
+            if not text.startswith(",", pos):
+                _array_error(path, text, pos, item, "expected ',' or ']' before it")
+            pos = _skip_space(text, pos + 1)
         try:
             value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
@@ -264,7 +262,7 @@ def _parse_json_array(text: str, path: str) -> Iterator[Item]:
             yield Problem(origin, None, f"expected a JSON object {{...}}, got {_json_type(value)}")
 
 
-def _array_error(path: str, text: str, pos: int, item: int, msg: str) -> None:
+def _array_error(path: str, text: str, pos: int, item: int, msg: str) -> NoReturn:
     line = text.count("\n", 0, pos) + 1
     hint = " (the file ends early: it may be truncated)" if pos >= len(text) else ""
     raise WhetstoneError(
@@ -295,7 +293,7 @@ def _read_delimited(source: Source) -> Iterator[Item]:
     if csv.field_size_limit() < _CSV_FIELD_LIMIT:
         csv.field_size_limit(_CSV_FIELD_LIMIT)
     bad_lines: set[int] = set()
-    counter = {"line": 0}
+    counter = {"line": 0}  # the last physical line read, shared with the loop below
 
     def text_lines() -> Iterator[str]:
         for number, raw in _lines(source):
@@ -341,7 +339,9 @@ def _read_delimited(source: Source) -> Iterator[Item]:
                 raise WhetstoneError(f"{origin}: the header row {what}; give every column a unique name.")
             continue
         if len(cells) != len(header):
-            spans = f"; the row runs from line {row_start} to {reader.line_num}: is a quote left open?" if reader.line_num > row_start else ""
+            spans = ""
+            if reader.line_num > row_start:
+                spans = f"; the row runs from line {row_start} to {reader.line_num}: is a quote left open?"
             yield Problem(
                 origin,
                 None,
@@ -376,29 +376,50 @@ def _read_parquet(source: Source) -> Iterator[Item]:
 def _read_hf(source: Source) -> Iterator[Item]:
     """Read a Hugging Face dataset split, failing fast (never hanging) when offline."""
     name = source.path
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    offline = any(
+        os.environ.get(var, "").lower() in ("1", "true", "yes", "on")
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
     if not offline and not _hub_reachable():
-        # Without this probe, `datasets` retries its HTTP calls for minutes.
-        os.environ["HF_HUB_OFFLINE"] = "1"
+        _go_offline()  # otherwise `datasets` retries its HTTP calls for minutes
         offline = True
-    try:
-        import datasets  # lazy: importing datasets costs seconds
-    except ImportError as exc:  # pragma: no cover - datasets is a dependency
-        raise WhetstoneError("reading a Hugging Face dataset needs the `datasets` package; pip install datasets.") from exc
+    import datasets  # lazy: importing datasets costs seconds
+
     try:
         dataset = datasets.load_dataset(name, split=source.split)
     except Exception as exc:  # noqa: BLE001 - `datasets` raises many unrelated types
-        why = (
-            "the Hugging Face Hub is unreachable (offline) and there is no cached copy"
-            if offline
-            else f"loading it as a Hugging Face dataset failed ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-        )
+        if offline:
+            why = "the Hugging Face Hub is unreachable (offline) and there is no cached copy"
+        else:
+            why = f"loading it as a Hugging Face dataset failed ({(str(exc) or type(exc).__name__).splitlines()[0]})"
         raise WhetstoneError(
             f"could not load '{name}' (split '{source.split}'): it is not a local file, and {why}; "
             "check the path or name, or download the dataset where the Hub is reachable."
         ) from exc
     for number, value in enumerate(dataset, start=1):
         yield Row(f"hf:{name}:{source.split}:row {number}", number, dict(value))
+
+
+def _go_offline() -> None:
+    """Make huggingface_hub and datasets use the local cache only.
+
+    Both read HF_HUB_OFFLINE once, when imported: the variable covers later
+    imports, the module flags cover earlier ones.
+    """
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    for module in ("huggingface_hub.constants", "datasets.config"):
+        if module in sys.modules:
+            sys.modules[module].HF_HUB_OFFLINE = True  # type: ignore[attr-defined]
+
+
+_READERS: dict[str, Callable[[Source], Iterator[Item]]] = {
+    "jsonl": _read_jsonl,
+    "json": _read_json,
+    "csv": _read_delimited,
+    "tsv": _read_delimited,
+    "parquet": _read_parquet,
+    "hf": _read_hf,
+}
 
 
 def _hub_reachable() -> bool:

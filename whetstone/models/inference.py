@@ -12,6 +12,17 @@ from whetstone.errors import WhetstoneError
 from whetstone.models.load import load_model, load_tokenizer
 
 
+def run_chat_template(run: str) -> str | None:
+    """The data.chat_template a run was trained with (None: the model's own)."""
+    data = read_yaml(Path(run) / "config.yaml").get("data") or {}
+    return data.get("chat_template") if isinstance(data, dict) else None
+
+
+def run_base_config(run: str) -> ModelConfig:
+    """The base model a run was trained from."""
+    return _from_run(run)[0]
+
+
 def _from_run(run: str) -> tuple[ModelConfig, str | None, str | None]:
     """(base model config, adapter dir, full model dir) of a run directory."""
     path = Path(run)
@@ -29,14 +40,19 @@ def _from_run(run: str) -> tuple[ModelConfig, str | None, str | None]:
 
 def load_for_inference(model: str | None = None, adapter: str | None = None, run: str | None = None,
                        device: str = "cpu"):
-    """(model, tokenizer) for `--model M [--adapter DIR]` or `--run RUN_DIR`, in eval mode."""
+    """(model, tokenizer) for `--model M [--adapter DIR|NAME]` or `--run RUN_DIR`, in eval mode."""
+    if adapter is not None and run is None:
+        from whetstone.adapters import resolve_adapter
+
+        adapter, model = resolve_adapter(adapter, model)  # a library NAME brings its base model
     if run is not None:
         model_cfg, adapter, full = _from_run(run)
         if full is not None:
             model_cfg = ModelConfig(name=full)
     else:
         model_cfg = ModelConfig(name=model or ModelConfig().name)
-    tokenizer = load_tokenizer(model_cfg)
+    # A run trained with data.chat_template must be prompted the same way.
+    tokenizer = load_tokenizer(model_cfg, run_chat_template(run) if run is not None else None)
     lm, _ = load_model(model_cfg, device=device)
     if adapter is not None:
         from peft import PeftModel
@@ -52,20 +68,40 @@ def load_for_inference(model: str | None = None, adapter: str | None = None, run
 def generate_answers(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 128,
                      temperature: float = 0.0, batch_size: int = 8, seed: int = 0) -> list[str]:
     """Answer each conversation; greedy when temperature is 0. Stops at EOS."""
+    prompts = [render_prompt(tokenizer, c) for c in conversations]
+    return generate_from_prompts(model, tokenizer, prompts, max_new_tokens, temperature, batch_size, seed,
+                                 add_special_tokens=False)  # the chat template already wrote them
+
+
+@torch.no_grad()
+def generate_from_prompts(model, tokenizer, prompts: list[str], max_new_tokens: int = 128, temperature: float = 0.0,
+                          batch_size: int = 8, seed: int = 0, add_special_tokens: bool = True) -> list[str]:
+    """Continue each prompt text, in batches of similar length; answers come back in the input order.
+
+    Rows are left-padded so every row continues from the right edge. Sorting by
+    length keeps the padding (compute spent on nothing) small; a batch ends when
+    every row has emitted EOS, and rows that stopped earlier only carry padding.
+    """
+    if not prompts:
+        return []
     torch.manual_seed(seed)
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])  # longest first: peak memory shows at once
     side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation continues from the right edge of every row
-    answers: list[str] = []
+    tokenizer.padding_side = "left"
+    answers: list[str] = [""] * len(prompts)
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     try:
-        for start in range(0, len(conversations), batch_size):
-            prompts = [render_prompt(tokenizer, c) for c in conversations[start : start + batch_size]]
-            inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-            inputs = {k: v.to(model.device) for k, v in inputs.items()}
-            sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            inputs = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True,
+                               add_special_tokens=add_special_tokens)
+            inputs = {k: v.to(model.device) for k, v in inputs.items()}  # (B, T) each
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                                     pad_token_id=tokenizer.pad_token_id, **sampling)
-            new_tokens = output[:, inputs["input_ids"].shape[1] :]
-            answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            new_tokens = output[:, inputs["input_ids"].shape[1] :]  # (B, <= max_new_tokens)
+            for i, text in zip(rows, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+                answers[i] = text.strip()
     finally:
         tokenizer.padding_side = side
     return answers

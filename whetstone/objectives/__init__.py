@@ -1,22 +1,25 @@
-"""Objectives: WHICH loss. Each is a small function in the registry below.
+"""Objectives: WHICH loss. Each is an `Objective` (see base.py) in the registry below.
 
-An objective takes (model, batch) and returns a LossOutput whose `loss_sum` is
-a SUM over its units (tokens for SFT). The training loop divides by the units of
-the whole optimizer step, so gradient accumulation and multiple processes give
-the same update as one big batch.
+An objective's loss returns a SUM over its units (tokens for SFT, pairs for the
+reward model and DPO, examples for KTO). The training loop divides by the units
+of the whole optimizer step, so gradient accumulation and multiple processes give
+the same update as one big batch. The online objectives (ppo, grpo) generate
+their own data and have their own loop: whetstone/train/online.py.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
-from whetstone.objectives.base import LossOutput
-from whetstone.objectives.sft import sft_loss
-
-Objective = Callable[..., LossOutput]
+from whetstone.objectives.base import LossOutput, Objective
+from whetstone.objectives.kto import KTO
+from whetstone.objectives.preference import DPO
+from whetstone.objectives.reward import REWARD
+from whetstone.objectives.sft import SFT, sft_loss
 
 OBJECTIVES: dict[str, Objective] = {
-    "sft": sft_loss,
+    "sft": SFT,
+    "reward": REWARD,
+    "dpo": DPO,
+    "kto": KTO,
 }
 
-__all__ = ["LossOutput", "OBJECTIVES", "sft_loss"]
+__all__ = ["LossOutput", "OBJECTIVES", "Objective", "sft_loss"]

@@ -25,10 +25,11 @@ import torch
 from tqdm import tqdm
 
 from whetstone.config import RunConfig, TrainConfig
-from whetstone.data.batches import StepPlan, collate, supervised_count
-from whetstone.data.dataset import DataStats, prepare_data
+from whetstone.data.batches import StepPlan
+from whetstone.data.dataset import DataStats, load_splits, summarize_preparation
 from whetstone.errors import WhetstoneError
-from whetstone.evaluate.loss import completion_loss
+from whetstone.evaluate.final import final_evaluation
+from whetstone.evaluate.loss import objective_loss
 from whetstone.methods import apply_method, count_parameters, is_adapter_model
 from whetstone.models import load_model, load_tokenizer
 from whetstone.objectives import OBJECTIVES
@@ -133,8 +134,18 @@ def train(
     autocast = autocast_context(device, cfg.precision)
     _seed_everything(cfg.seed)
 
+    objective = OBJECTIVES[config.objective.name]
     tokenizer = load_tokenizer(config.model, config.data.chat_template)
-    train_set, eval_set, data_stats = prepare_data(config.data, tokenizer, cfg.seed)
+    train_records, eval_records, data_stats = load_splits(config.data, cfg.seed)
+    train_set = objective.prepare(train_records, tokenizer, config.data, data_stats)
+    eval_set = objective.prepare(eval_records, tokenizer, config.data, None) if eval_records else None
+    summarize_preparation(data_stats, config.data)
+    if len(train_set.examples) == 0:
+        raise WhetstoneError(
+            f"data.train: no usable training examples ({data_stats.records} records read, "
+            f"{data_stats.dropped_no_labels} dropped by truncation). Raise data.max_length or check the data "
+            f"with `whetstone data check`."
+        )
     _say(f"data: {data_stats.records} training records ({data_stats.explanation}), "
          f"{data_stats.eval_records} eval records")
     for note in data_stats.notes:
@@ -148,9 +159,9 @@ def train(
     _say(f"model: {config.model.name} on {device.type}; method {config.method.name}: "
          f"{trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f}%)")
 
-    objective = OBJECTIVES[config.objective.name]
+    context = objective.setup(model, config, train_set)
     optimizer = build_optimizer(model, cfg)
-    plan = StepPlan.build(len(train_set), cfg.batch_size, cfg.grad_accum, world_size, cfg.epochs, cfg.max_steps)
+    plan = StepPlan.build(len(train_set.examples), cfg.batch_size, cfg.grad_accum, world_size, cfg.epochs, cfg.max_steps)
     warmup_steps = math.ceil(cfg.warmup * plan.total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, plan.total_steps, warmup_steps, cfg.schedule)
@@ -166,7 +177,7 @@ def train(
 
     # ---- fit -------------------------------------------------------------------
     model.train()
-    window = {"loss_sum": 0.0, "units": 0, "tokens": 0, "seconds": 0.0, "steps": 0}
+    window = _new_window()
     last_row: dict = {}
     stopped_early = False
     bar = tqdm(total=plan.total_steps, initial=state.step, unit="step", dynamic_ncols=True,
@@ -175,18 +186,21 @@ def train(
         while state.step < plan.total_steps:
             t_step = time.perf_counter()
             step = state.step
-            batches = [collate([train_set.examples[i] for i in idx], pad_id)
+            batches = [objective.collate([train_set.examples[i] for i in idx], pad_id)
                        for idx in plan.micro_batches(step, cfg.seed, rank)]
-            # The whole step's supervised tokens, across micro-batches and processes.
-            step_units = distributed.sum_across(sum(supervised_count(b) for b in batches))
-            step_loss_sum = 0.0
+            # The whole step's units (supervised tokens for SFT), across micro-batches and processes.
+            step_units = distributed.sum_across(sum(objective.units(b) for b in batches))
+            step_loss_sum, step_metrics, step_tokens = 0.0, {}, 0
             for batch in batches:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with autocast():
-                    out = objective(model, batch)
+                    out = objective.loss(model, batch, context)
                 (out.loss_sum / max(step_units, 1)).backward()
                 step_loss_sum += float(out.loss_sum.detach())
-                state.tokens += int(batch["attention_mask"].sum())
+                for key, value in out.metrics.items():
+                    step_metrics[key] = step_metrics.get(key, 0.0) + float(value)
+                step_tokens += int(batch["attention_mask"].sum())
+            state.tokens += step_tokens
             grad_norm = _clip_and_measure(model, cfg.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
@@ -199,7 +213,9 @@ def train(
             state.train_seconds += seconds
             window["loss_sum"] += distributed.sum_across(step_loss_sum)
             window["units"] += step_units
-            window["tokens"] += int(distributed.sum_across(sum(int(b["attention_mask"].sum()) for b in batches)))
+            window["tokens"] += int(distributed.sum_across(step_tokens))
+            for key, value in step_metrics.items():
+                window["metrics"][key] = window["metrics"].get(key, 0.0) + distributed.sum_across(value)
             window["seconds"] += seconds
             window["steps"] += 1
             loss_now = window["loss_sum"] / max(window["units"], 1)
@@ -219,15 +235,21 @@ def train(
                     "tokens_per_s": round(window["tokens"] / max(window["seconds"], 1e-9), 2),
                     "elapsed_s": round(time.perf_counter() - t_start, 3),
                 }
+                for key, value in window["metrics"].items():
+                    last_row[key] = round(value / max(window["units"], 1), 6)
                 if do_eval:
-                    eval_loss = completion_loss(model, eval_set, cfg.batch_size, pad_id, device, autocast,
-                                                config.eval.max_batches)
-                    last_row["eval_loss"] = round(eval_loss, 6)
-                    last_row["eval_ppl"] = round(math.exp(min(eval_loss, 50.0)), 4)
+                    results = objective_loss(model, objective, eval_set, cfg.batch_size, pad_id, device, context,
+                                             autocast, config.eval.max_batches)
+                    last_row["eval_loss"] = round(results["loss"], 6)
+                    if config.objective.name == "sft":
+                        last_row["eval_ppl"] = round(math.exp(min(results["loss"], 50.0)), 4)
+                    for key, value in results.items():
+                        if key != "loss":
+                            last_row[f"eval_{key}"] = round(value, 6)
                     model.train()
                 if distributed.is_main():
                     run.append_metrics(last_row)
-                window = {"loss_sum": 0.0, "units": 0, "tokens": 0, "seconds": 0.0, "steps": 0}
+                window = _new_window()
             if not math.isfinite(loss_now):
                 raise WhetstoneError(f"the loss became {loss_now} at step {state.step}; lower train.lr or check the data.")
             wants_stop = stop.requested or (on_step is not None and on_step(state.step, last_row))
@@ -239,7 +261,9 @@ def train(
     bar.close()
 
     # ---- save ------------------------------------------------------------------
-    summary = _summary(config, run, state, plan, data_stats, trainable, total, device, t_start, stopped_early)
+    # End-of-training metrics, forgetting probe and canaries, as far as config.eval/data ask for them.
+    final = final_evaluation(model, tokenizer, config, run.path, eval_records) if not stopped_early and distributed.is_main() else {}
+    summary = {**_summary(config, run, state, plan, data_stats, trainable, total, device, t_start, stopped_early), **final}
     if distributed.is_main():
         if not stopped_early:
             _save_weights(model, tokenizer, run.path, resolved.path)
@@ -249,6 +273,11 @@ def train(
     else:
         _say(f"done: {run.path} (train loss {summary['train_loss']}, eval loss {summary['eval_loss']})")
     return summary
+
+
+def _new_window() -> dict:
+    """Sums since the last log line; a logged value is the window's mean per unit."""
+    return {"loss_sum": 0.0, "units": 0, "tokens": 0, "seconds": 0.0, "steps": 0, "metrics": {}}
 
 
 def _clip_and_measure(model: torch.nn.Module, max_norm: float | None) -> float:

@@ -1,0 +1,134 @@
+"""The `whetstone data check` and `whetstone data clean` verbs: parse, call, print.
+
+Exit codes: 0 clean, 1 the data has errors, 2 a usage error (raised as
+``WhetstoneError``, which the CLI prints without a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from whetstone.data.check import check_file
+from whetstone.data.clean import CleanOptions, clean_file
+from whetstone.data.dedup import DEFAULT_THRESHOLD
+from whetstone.data.formats import FORMATS
+from whetstone.errors import WhetstoneError
+
+
+def add_parsers(data_subparsers) -> None:
+    """Register `check` and `clean` under the `data` verb."""
+    p = data_subparsers.add_parser(
+        "check",
+        help="report bad records, duplicates, train/eval leaks, PII and token lengths",
+        description="Stream FILE and report everything wrong with it. "
+        "Exit 0 when clean, 1 on errors, 2 on usage errors.",
+    )
+    p.add_argument("file", help="JSONL, JSON, CSV, TSV or Parquet (optionally .gz), or hf:NAME[:SPLIT]")
+    p.add_argument("--eval", metavar="FILE", help="an eval file to check for overlap with FILE")
+    p.add_argument("--model", metavar="M", help="measure token lengths with this model's tokenizer and chat template")
+    p.add_argument(
+        "--max-length", type=int, metavar="N", help="count records that N tokens would truncate (needs --model)"
+    )
+    _add_common(p)
+    p.add_argument("--no-near-dedup", action="store_true", help="skip near-duplicate detection (faster)")
+    p.add_argument("--strict", action="store_true", help="treat duplicates and PII as errors (exit 1)")
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.set_defaults(func=run_check)
+
+    p = data_subparsers.add_parser(
+        "clean",
+        help="write a cleaned copy of a data file and a report of what changed",
+        description="Write the cleaned rows of IN to OUT (IN is never modified) and OUT.report.jsonl listing "
+        "every dropped or changed record.",
+    )
+    p.add_argument("input", metavar="IN")
+    p.add_argument(
+        "output", metavar="OUT", help="its extension picks the format: .jsonl, .json, .csv, .tsv, .parquet (+.gz)"
+    )
+    p.add_argument("--dedup", action="store_true", help="drop exact duplicates (the first copy is kept)")
+    p.add_argument("--near-dedup", action="store_true", help="drop near duplicates (the first of each group is kept)")
+    p.add_argument("--redact-pii", action="store_true", help="replace emails, phones, cards, IPs, IBANs and secrets")
+    p.add_argument("--drop-invalid", action="store_true", help="drop invalid records instead of stopping")
+    p.add_argument("--strip", action="store_true", help="strip leading and trailing whitespace from every string")
+    p.add_argument("--min-tokens", type=int, metavar="N", help="drop records shorter than N tokens (needs --model)")
+    p.add_argument("--max-tokens", type=int, metavar="N", help="drop records longer than N tokens (needs --model)")
+    p.add_argument("--model", metavar="M", help="the tokenizer for --min-tokens/--max-tokens")
+    _add_common(p)
+    p.add_argument("--overwrite", action="store_true", help="replace OUT (and its report) if they exist")
+    p.set_defaults(func=run_clean)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--format",
+        default="auto",
+        choices=("auto", *FORMATS),
+        metavar="F",
+        help=f"the data format: auto (detect, the default), {', '.join(FORMATS)}",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        metavar="J",
+        help=f"Jaccard similarity from which records are near duplicates (default {DEFAULT_THRESHOLD})",
+    )
+
+
+def _tokenizer(model: str | None):
+    if model is None:
+        return None
+    from whetstone.models import load_tokenizer  # lazy: imports transformers
+
+    return load_tokenizer(model)
+
+
+def _check_threshold(threshold: float) -> None:
+    if not 0.0 < threshold <= 1.0:
+        raise WhetstoneError(
+            f"--threshold must be a Jaccard similarity in (0, 1], got {threshold}; the default is {DEFAULT_THRESHOLD}."
+        )
+
+
+def run_check(args: argparse.Namespace) -> int:
+    _check_threshold(args.threshold)
+    if args.max_length is not None and args.model is None:
+        raise WhetstoneError("--max-length needs --model: token lengths depend on the model's tokenizer.")
+    report = check_file(
+        args.file,
+        eval_path=args.eval,
+        format=args.format,
+        tokenizer=_tokenizer(args.model),
+        max_length=args.max_length,
+        near_dedup=not args.no_near_dedup,
+        threshold=args.threshold,
+        strict=args.strict,
+    )
+    print(json.dumps(report.to_dict(), ensure_ascii=False, indent=1) if args.json else report.render())
+    return 1 if report.has_errors else 0
+
+
+def run_clean(args: argparse.Namespace) -> int:
+    _check_threshold(args.threshold)
+    for name in ("min_tokens", "max_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise WhetstoneError(f"--{name.replace('_', '-')} must be a number of tokens >= 0, got {value}.")
+    if (args.min_tokens is not None or args.max_tokens is not None) and args.model is None:
+        raise WhetstoneError("--min-tokens and --max-tokens need --model: token counts depend on the tokenizer.")
+    options = CleanOptions(
+        dedup=args.dedup,
+        near_dedup=args.near_dedup,
+        redact_pii=args.redact_pii,
+        drop_invalid=args.drop_invalid,
+        strip=args.strip,
+        min_tokens=args.min_tokens,
+        max_tokens=args.max_tokens,
+        overwrite=args.overwrite,
+        format=args.format,
+        threshold=args.threshold,
+        tokenizer=_tokenizer(args.model),
+    )
+    print(clean_file(args.input, args.output, options).render())
+    return 0

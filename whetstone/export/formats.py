@@ -1,0 +1,328 @@
+"""`whetstone export RUN_DIR --format peft|merged|gguf`: ship a run in the format a server loads.
+
+    peft     adapter_config.json + adapter_model.safetensors + tokenizer: peft, vLLM (--enable-lora)
+    merged   one HF safetensors model with the adapter folded in: transformers, vLLM, TGI
+    gguf     one .gguf file with tokenizer, chat template and llama.* metadata: llama.cpp, Ollama
+
+Every export is checked before it is called done: the exported tokenizer must render,
+tokenize and stop like the training one (consistency.py), and the exported weights
+are loaded back and their logits compared with base + adapter on a probe
+conversation. The deltas go into export.json beside the output.
+
+Tolerances (max |logit delta| against base + adapter, fp32 forward):
+    merged f32, gguf f32, peft f32    1e-4
+    f16, bf16, q8_0                    reported with top-1 agreement; enforced at 5% of max |logit|
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from whetstone.config import ModelConfig, RunConfig, config_from_dict, read_yaml
+from whetstone.errors import WhetstoneError
+from whetstone.export.consistency import PROBE, check_consistency
+from whetstone.export.gguf import GGUF_DTYPES, detect_pre_tokenizer, source_gguf_pre, write_gguf
+from whetstone.models.load import load_model, load_tokenizer, resolve_model
+
+FORMATS = ("peft", "merged", "gguf")
+DTYPES = {"peft": ("f32", "f16", "bf16"), "merged": ("f32", "f16", "bf16"), "gguf": GGUF_DTYPES}
+DEFAULT_DTYPE = {"peft": "f32", "merged": "f32", "gguf": "f16"}
+TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+EXACT_TOLERANCE = 1e-4  # fp32 exports: merging and file layout must not change the function
+LOSSY_RELATIVE_TOLERANCE = 0.05  # f16/bf16/q8_0: a bound that catches a wrong layout, not rounding
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                    "vocab.json", "merges.txt", "added_tokens.json")
+
+
+@dataclass
+class RunSource:
+    """What a finished run directory holds."""
+
+    path: Path
+    config: RunConfig
+    adapter: Path | None  # adapter/ for lora/dora/qlora runs
+    full: Path | None  # model/ for full/freeze runs
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.adapter or self.full
+
+
+@dataclass
+class ExportResult:
+    format: str
+    dtype: str
+    path: str
+    bytes: int
+    logit_delta: float | None  # max |logits - (base + adapter)| on the probe conversation
+    top1_agreement: float | None  # fraction of probe positions with the same argmax token
+    tolerance: float | None
+    checks: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_run(run_dir: str | Path) -> RunSource:
+    path = Path(run_dir)
+    if not (path / "config.yaml").is_file():
+        raise WhetstoneError(f"{run_dir}: not a run directory (no config.yaml in it).")
+    config = config_from_dict(read_yaml(path / "config.yaml"), str(path / "config.yaml"))
+    adapter = path / "adapter"
+    full = path / "model"
+    if (adapter / "adapter_config.json").is_file():
+        return RunSource(path, config, adapter, None)
+    if (full / "config.json").is_file():
+        return RunSource(path, config, None, full)
+    raise WhetstoneError(f"{run_dir}: the run has no adapter/ or model/ yet; did it finish? (see its summary.json; "
+                         f"a stopped run continues with `whetstone train --resume {run_dir}`)")
+
+
+def directory_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, dtype: str | None = None, *,
+               overwrite: bool = False, verify: bool = True, gguf_pre: str | None = None) -> ExportResult:
+    """Export one run; return what was written and how close it is to base + adapter."""
+    t0 = time.perf_counter()
+    if fmt not in FORMATS:
+        raise WhetstoneError(f"--format {fmt}: choose one of {', '.join(FORMATS)}.")
+    dtype = dtype or DEFAULT_DTYPE[fmt]
+    if dtype not in DTYPES[fmt]:
+        hint = " q8_0 is a GGUF quantization: use --format gguf." if dtype == "q8_0" else ""
+        raise WhetstoneError(f"--dtype {dtype}: --format {fmt} writes {', '.join(DTYPES[fmt])}.{hint}")
+    source = read_run(run_dir)
+    out = _output_path(source, fmt, dtype, out, overwrite)
+
+    train_tokenizer = load_tokenizer(source.config.model, source.config.data.chat_template)
+    probe_ids = _probe_ids(train_tokenizer)  # (1, T)
+    reference = _load_reference(source)
+    with torch.no_grad():
+        ref_logits = reference(probe_ids).logits.float()  # (1, T, V)
+
+    if fmt == "peft":
+        if source.adapter is None:
+            raise WhetstoneError(f"--format peft: {source.path} trained every weight (method "
+                                 f"{source.config.method.name}), so it has no adapter. Use --format merged or gguf.")
+        result = _export_peft(source, out, dtype)
+        served, stop_ids = _served_tokenizer(out), _stop_ids(Path(resolve_model(source.config.model.name).path), out)
+        loaded = _load_peft_export(source, out) if verify else None
+    elif fmt == "merged":
+        result = _export_merged(source, reference, out, dtype)
+        served, stop_ids = _served_tokenizer(out), _stop_ids(out, out)
+        loaded = _load_hf(out) if verify else None
+    else:
+        pre = gguf_pre or _pre_tokenizer(source, train_tokenizer)
+        merged = _merged_model(source, reference)
+        write_gguf(merged.state_dict(), merged.config.to_dict(), _served_tokenizer(source.weights_dir), out, dtype,
+                   name=source.path.resolve().name, pre=pre)
+        result = ExportResult("gguf", dtype, str(out), 0, None, None, None, notes=[f"pre-tokenizer: {pre}"])
+        served = _gguf_tokenizer(out)
+        stop_ids = [served.eos_token_id]
+        loaded = _load_gguf(out) if verify else None
+
+    report = check_consistency(train_tokenizer, served, stop_ids, f"export {fmt} {out}")
+    result.checks += report.checks
+    result.notes += report.notes
+    if loaded is not None:
+        with torch.no_grad():
+            logits = loaded(probe_ids).logits.float()
+        _measure(result, ref_logits, logits)
+    result.bytes = directory_bytes(out)
+    result.seconds = round(time.perf_counter() - t0, 2)
+    manifest = out / "export.json" if out.is_dir() else out.with_name(out.stem + ".export.json")
+    manifest.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Paths and loading.
+
+
+def _output_path(source: RunSource, fmt: str, dtype: str, out, overwrite: bool) -> Path:
+    if out is None:
+        out = source.path / "export" / (f"{source.path.resolve().name}-{dtype}.gguf" if fmt == "gguf"
+                                        else f"{fmt}-{dtype}")
+    out = Path(out)
+    if fmt == "gguf" and out.suffix != ".gguf":
+        out = out / f"{source.path.resolve().name}-{dtype}.gguf"  # -o names a directory
+    if out.exists() and (out.is_file() or any(out.iterdir())):
+        if not overwrite:
+            raise WhetstoneError(f"-o {out}: already exists; pass --overwrite to replace it, or choose another -o.")
+        if out.is_dir():
+            shutil.rmtree(out)
+        else:
+            out.unlink()
+    return out
+
+
+def _probe_ids(tokenizer) -> torch.Tensor:
+    """The probe conversation as training renders it: template, then tokens."""
+    text = tokenizer.apply_chat_template([dict(m) for m in PROBE], tokenize=False)
+    return torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])  # (1, T)
+
+
+def _base_config(source: RunSource) -> ModelConfig:
+    return ModelConfig(name=source.config.model.name, revision=source.config.model.revision,
+                       trust_remote_code=source.config.model.trust_remote_code,
+                       allow_pickle=source.config.model.allow_pickle)
+
+
+def _load_reference(source: RunSource):
+    """base + adapter (unmerged, fp32), or the run's full model: what every export must equal."""
+    if source.full is not None:
+        model, _ = load_model(ModelConfig(name=str(source.full)))
+    else:
+        from peft import PeftModel
+
+        base, _ = load_model(_base_config(source))
+        model = PeftModel.from_pretrained(base, str(source.adapter))
+    return model.eval()
+
+
+def _merged_model(source: RunSource, reference):
+    """Fold the adapter into the base weights, W' = W + (alpha / r) B A, in fp32.
+
+    It merges into `reference` in place; callers take reference logits first.
+    """
+    if source.full is not None:
+        return reference
+    return reference.merge_and_unload()
+
+
+def _served_tokenizer(directory: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory))
+
+
+def _gguf_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+def _stop_ids(model_dir: Path, tokenizer_dir: Path) -> list[int]:
+    """Token ids generation stops on: generation_config.json's eos_token_id, else the tokenizer's EOS."""
+    gen = model_dir / "generation_config.json"
+    eos = json.loads(gen.read_text()).get("eos_token_id") if gen.is_file() else None
+    if eos is None:
+        eos = _served_tokenizer(tokenizer_dir).eos_token_id
+    return list(eos) if isinstance(eos, list) else [eos]
+
+
+def _load_hf(directory: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
+
+
+def _load_peft_export(source: RunSource, out: Path):
+    from peft import PeftModel
+
+    base, _ = load_model(_base_config(source))
+    return PeftModel.from_pretrained(base, str(out)).eval()
+
+
+def _load_gguf(path: Path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+
+
+def _pre_tokenizer(source: RunSource, tokenizer) -> str:
+    """The base GGUF's own pre-tokenizer name when the base came from a GGUF, else detected."""
+    spec = source.config.model.name
+    resolved = resolve_model(spec)
+    if resolved.kind in ("embedded", "gguf"):
+        from whetstone.models.embedded import embedded_gguf_path
+
+        origin = embedded_gguf_path(spec) if resolved.kind == "embedded" else Path(spec)
+        pre = source_gguf_pre(origin)
+        if pre:
+            return pre
+    pre = detect_pre_tokenizer(tokenizer)
+    if pre is None:
+        raise WhetstoneError(
+            "--format gguf: cannot tell which llama.cpp pre-tokenizer matches this tokenizer's text splitting. "
+            "Pass --gguf-pre NAME with llama.cpp's name for it (for example llama-bpe, qwen2, gpt2)."
+        )
+    return pre
+
+
+# ---------------------------------------------------------------------------
+# The three formats.
+
+
+def _copy_tokenizer(src: Path, out: Path) -> None:
+    for name in _TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, out / name)
+
+
+def _export_peft(source: RunSource, out: Path, dtype: str) -> ExportResult:
+    """The adapter in standard PEFT layout; weights cast to `dtype`."""
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    config = json.loads((source.adapter / "adapter_config.json").read_text())
+    weights = load_file(str(source.adapter / "adapter_model.safetensors"))
+    notes = []
+    odd = [k for k in weights if not k.startswith("base_model.model.")]
+    if odd:
+        raise WhetstoneError(f"--format peft: {source.adapter} holds non-PEFT tensor names ({odd[0]}, ...).")
+    if config.get("use_dora"):
+        notes.append("DoRA adapter: peft loads it; vLLM serves LoRA only, so use --format merged there.")
+    if config.get("modules_to_save"):
+        notes.append(f"modules_to_save {config['modules_to_save']}: vLLM does not load these; use --format merged.")
+    config["base_model_name_or_path"] = resolve_model(source.config.model.name).path
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    save_file({k: v.to(TORCH_DTYPES[dtype]).contiguous() for k, v in weights.items()},
+              str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    _copy_tokenizer(source.adapter, out)
+    notes.append(f"base model: {config['base_model_name_or_path']}")
+    return ExportResult("peft", dtype, str(out), 0, None, None, None, notes=notes)
+
+
+def _export_merged(source: RunSource, reference, out: Path, dtype: str) -> ExportResult:
+    merged = _merged_model(source, reference)
+    merged = merged.to(TORCH_DTYPES[dtype])
+    tokenizer = _served_tokenizer(source.weights_dir)
+    # The server stops on these; they must name the EOS that ended every training turn.
+    stops = merged.generation_config.eos_token_id
+    stops = [] if stops is None else list(stops) if isinstance(stops, (list, tuple)) else [stops]
+    if tokenizer.eos_token_id not in stops:
+        stops.insert(0, tokenizer.eos_token_id)
+    merged.generation_config.eos_token_id = stops[0] if len(stops) == 1 else stops
+    merged.generation_config.pad_token_id = tokenizer.pad_token_id
+    merged.config.eos_token_id = tokenizer.eos_token_id
+    merged.config.pad_token_id = tokenizer.pad_token_id
+    merged.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    return ExportResult("merged", dtype, str(out), 0, None, None, None)
+
+
+def _measure(result: ExportResult, ref: torch.Tensor, got: torch.Tensor) -> None:
+    """Record the logit delta and top-1 agreement; raise if over the tolerance for the dtype."""
+    delta = float((got - ref).abs().max())
+    result.logit_delta = delta
+    result.top1_agreement = float((got.argmax(-1) == ref.argmax(-1)).float().mean())
+    result.tolerance = EXACT_TOLERANCE if result.dtype == "f32" else LOSSY_RELATIVE_TOLERANCE * float(ref.abs().max())
+    if delta > result.tolerance:
+        raise WhetstoneError(
+            f"export {result.format} {result.path}: the exported model's logits differ from base + adapter by "
+            f"{delta:.3g} (tolerance {result.tolerance:.3g} for {result.dtype}). This is a bug in the exporter for "
+            f"this model; please report it with the run's config.yaml."
+        )

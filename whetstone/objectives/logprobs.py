@@ -1,0 +1,144 @@
+"""What the preference objectives share: prompt + completion token ids, sequence
+log-probabilities, and the reference model.
+
+    log pi(y | x) = sum_{t in y} log p(y_t | x, y_<t)
+
+Only completion tokens count: the prompt is rendered with the chat template and
+masked with -100, exactly as SFT masks it (data/render.py), so a DPO pair, a KTO
+example and an SFT example of the same answer see the same token boundaries.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from whetstone.data.records import Message
+from whetstone.data.render import IGNORE, _supervise_through_eos, render_chat_pieces
+from whetstone.methods import is_adapter_model
+from whetstone.models.forward import label_logits
+
+
+@dataclass
+class Completion:
+    """One prompt and one answer as token ids; the answer's labels are its own ids through EOS."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    completion_labels: list[int]  # IGNORE after the EOS (template text the model never generates)
+    truncated: bool
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.prompt_ids + self.completion_ids
+
+    @property
+    def labels(self) -> list[int]:
+        return [IGNORE] * len(self.prompt_ids) + self.completion_labels
+
+    @property
+    def n_supervised(self) -> int:
+        return sum(1 for label in self.labels[1:] if label != IGNORE)
+
+
+def render_completion(tokenizer, prompt: tuple[Message, ...], completion: tuple[Message, ...],
+                      max_length: int | None) -> Completion:
+    """Token ids of `prompt` followed by `completion` (assistant turns), truncated to `max_length`.
+
+    Only the completion's assistant turns are supervised, even when the prompt holds
+    earlier assistant turns. The prompt ends with the template's generation prompt
+    ("<|im_start|>assistant\\n"), so prompt_ids of one example followed by
+    completion_ids of another is also a well-formed conversation (KTO uses that).
+    """
+    messages = [{"role": m.role, "content": m.content} for m in prompt + completion]
+    prompt_turns = sum(1 for m in prompt if m.role == "assistant")
+    eos_id = tokenizer.eos_token_id
+    prompt_ids: list[int] = []
+    completion_ids: list[int] = []
+    completion_labels: list[int] = []
+    answers_seen = 0
+    for text, supervised in render_chat_pieces(tokenizer, messages):
+        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ours = supervised and answers_seen >= prompt_turns
+        answers_seen += supervised
+        if ours:
+            piece, piece_labels = _supervise_through_eos(piece, eos_id)
+        else:
+            piece_labels = [IGNORE] * len(piece)
+        if not completion_ids and not ours:
+            prompt_ids += piece
+        else:
+            completion_ids += piece
+            completion_labels += piece_labels
+    full = len(prompt_ids) + len(completion_ids)
+    truncated = max_length is not None and full > max_length
+    if truncated:
+        keep = max(0, max_length - len(prompt_ids))
+        prompt_ids = prompt_ids[:max_length]
+        completion_ids, completion_labels = completion_ids[:keep], completion_labels[:keep]
+    return Completion(prompt_ids, completion_ids, completion_labels, truncated)
+
+
+def pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad (input_ids, labels) rows into one batch; padding has attention 0 and label -100."""
+    length = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)  # (R, T)
+    labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)  # (R, T)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)  # (R, T)
+    for row, (ids, row_labels) in enumerate(rows):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(ids)] = torch.tensor(row_labels)
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def sequence_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of log p over each row's supervised tokens (R,), supervised tokens per row (R,)).
+
+    Logits exist only at supervised positions (see models/forward.py), so a pair
+    costs one decoder pass plus (N, V) head outputs, never (R, T, V).
+    """
+    logits, targets = label_logits(model, batch)  # (N, V), (N,)
+    keep = batch["labels"][:, 1:] != IGNORE  # (R, T-1), the same mask label_logits used
+    rows = keep.nonzero()[:, 0]  # (N,): which row each supervised token belongs to
+    token_logps = torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)  # (N,)
+    n_rows = batch["input_ids"].shape[0]
+    sums = torch.zeros(n_rows, dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
+    counts = keep.sum(dim=1)  # (R,)
+    return sums, counts
+
+
+@dataclass
+class Reference:
+    """The model the policy is measured against: pi_ref.
+
+    For adapter methods it is the same model with its adapters switched off, so
+    no second copy is in memory. Otherwise it is a frozen copy of the weights as
+    they were before training. `copy` is None for the first kind.
+    """
+
+    copy: torch.nn.Module | None
+
+    @torch.no_grad()
+    def logprobs(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.copy is not None:
+            return sequence_logprobs(self.copy, batch)
+        was_training = model.training
+        model.eval()  # no dropout in the reference: it must be a fixed function
+        try:
+            with model.disable_adapter():
+                return sequence_logprobs(model, batch)
+        finally:
+            model.train(was_training)
+
+
+def build_reference(model: torch.nn.Module) -> Reference:
+    """Adapters disabled for peft models; a frozen copy (2x the weights in memory) otherwise."""
+    if is_adapter_model(model):
+        return Reference(copy=None)
+    frozen = copy.deepcopy(model).eval()
+    for param in frozen.parameters():
+        param.requires_grad_(False)
+    return Reference(copy=frozen)
