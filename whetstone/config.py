@@ -1,7 +1,7 @@
 """The run config: typed sections, YAML + ``--set`` overrides, one error for everything.
 
 A config is YAML with the top-level keys ``model``, ``method``, ``objective``,
-``data``, ``train``, ``eval`` and ``output``. Each section is a dataclass below;
+``data``, ``train``, ``eval``, ``log`` and ``output``. Each section is a dataclass below;
 the docstring under each field is its documentation. ``load_config`` collects
 every problem (unknown key, wrong type, bad value, conflicting fields) and raises
 them together in one ``ConfigError``, each naming the key, the value it got and
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -285,6 +286,9 @@ class TrainConfig:
     """Examples per micro-batch (per process)."""
     grad_accum: int = 1
     """Micro-batches per optimizer step. Effective batch = batch_size * grad_accum * processes."""
+    global_batch_size: int | None = None
+    """Examples per optimizer step over all processes; when set, batch_size is derived from it, so a run
+    (or its resume) on any number of processes follows the same trajectory."""
     lr: float = 2.0e-4
     """Peak learning rate of AdamW."""
     weight_decay: float = 0.0
@@ -303,6 +307,8 @@ class TrainConfig:
     """fp32, or bf16 autocast (fp32 master weights) where the device supports bf16."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     """Where to train; auto picks cuda, then mps, then cpu."""
+    skip_nonfinite: bool = False
+    """Skip (and count) a step whose loss or gradient is NaN/inf, instead of stopping the run."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about 30% more compute."""
     log_every: int = 10
@@ -318,6 +324,9 @@ class TrainConfig:
             value = getattr(self, name)
             if value < 1:
                 problems.append(f"train.{name}: got {value}; must be a positive integer.")
+        if self.global_batch_size is not None and self.global_batch_size % self.grad_accum:
+            problems.append(f"train.global_batch_size: got {self.global_batch_size}; it must be a multiple of "
+                            f"train.grad_accum ({self.grad_accum}).")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append(f"train.max_steps: got {self.max_steps}; must be positive, or null to use train.epochs.")
         if self.max_steps is None and self.epochs <= 0:
@@ -383,6 +392,28 @@ class EvalConfig:
 
 
 @dataclass
+class LogConfig:
+    to: list[Literal["tensorboard", "mlflow", "wandb"]] = field(default_factory=list)
+    """Trackers that receive every metrics.jsonl row (each needs its package installed)."""
+    project: str = "whetstone"
+    """The W&B project and the MLflow experiment the run is logged under."""
+    run_name: str | None = None
+    """The run's name in the trackers; default: the run directory's name."""
+    tensorboard_dir: str | None = None
+    """Where TensorBoard event files go; default: RUN_DIR/tensorboard."""
+    mlflow_uri: str | None = None
+    """MLflow tracking URI (file:/path, http://host:5000, sqlite:///mlflow.db); default: MLflow's own."""
+    wandb_mode: Literal["online", "offline"] = "online"
+    """W&B mode: online streams to the W&B server; offline writes RUN_DIR/wandb for `wandb sync` later."""
+
+    def validate(self) -> list[str]:
+        duplicates = sorted({t for t in self.to if self.to.count(t) > 1})
+        if duplicates:
+            return [f"log.to: {duplicates} listed twice; name each tracker once."]
+        return []
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """The base model."""
@@ -396,6 +427,8 @@ class RunConfig:
     """The optimisation."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation during and after training."""
+    log: LogConfig = field(default_factory=LogConfig)
+    """Experiment trackers fed from the same stream as metrics.jsonl."""
     output: str | None = None
     """Run directory; `-o DIR` on the command line overrides it."""
 
@@ -476,6 +509,9 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{key}: got {value!r}; must be a finite number.")
+            return _BAD
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str) and _FLOAT.match(value.strip()):

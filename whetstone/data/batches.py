@@ -52,9 +52,10 @@ class StepPlan:
         out = []
         for m in range(self.grad_accum):
             micro = chunk[m * span : (m + 1) * span]
-            mine = micro[rank * self.batch_size : (rank + 1) * self.batch_size]
-            if mine:
-                out.append(mine)
+            if micro:
+                # Every process runs the same number of micro-batches (DDP needs that), so at the
+                # ragged end of an epoch a process's share can be empty.
+                out.append(micro[rank * self.batch_size : (rank + 1) * self.batch_size])
         return out
 
 

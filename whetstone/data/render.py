@@ -44,8 +44,19 @@ def _template(tokenizer, messages: list[dict], add_generation_prompt: bool) -> s
             "the model's tokenizer has no chat template, so chat records cannot be rendered. Set "
             "data.chat_template to a Jinja template, or use data.format=text for plain causal LM training."
         )
-    # transformers renders templates in a sandboxed Jinja environment.
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    from jinja2.exceptions import SecurityError, TemplateError
+
+    # transformers renders templates in jinja2's ImmutableSandboxedEnvironment: a template cannot
+    # reach Python internals or mutate its inputs. We turn its refusals into a user-facing error.
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except SecurityError as exc:
+        raise WhetstoneError(
+            f"the chat template tried something the sandbox forbids ({exc}); it was not run. Use a template "
+            f"from a source you trust, or set data.chat_template."
+        ) from None
+    except TemplateError as exc:
+        raise WhetstoneError(f"the chat template failed to render: {exc}. Check data.chat_template.") from None
 
 
 def render_chat_pieces(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:

@@ -34,6 +34,7 @@ class TrainState:
     tokens: int = 0  # real (non-padding) tokens trained on so far
     supervised_tokens: int = 0
     train_seconds: float = 0.0  # time spent in training steps, across resumes
+    skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient (train.skip_nonfinite)
     extra: dict = field(default_factory=dict)
 
 

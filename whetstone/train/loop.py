@@ -53,6 +53,19 @@ def lr_multiplier(step: int, total: int, warmup: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def per_process_batch(cfg: TrainConfig, world_size: int) -> int:
+    """Micro-batch size of one process: train.batch_size, or derived from train.global_batch_size."""
+    if cfg.global_batch_size is None:
+        return cfg.batch_size
+    per_step = cfg.grad_accum * world_size
+    if cfg.global_batch_size % per_step:
+        raise WhetstoneError(
+            f"train.global_batch_size={cfg.global_batch_size} cannot be split over {world_size} processes x "
+            f"{cfg.grad_accum} accumulation steps; use a multiple of {per_step}."
+        )
+    return cfg.global_batch_size // per_step
+
+
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     # Decay matrices only: decaying norm gains and biases towards 0 hurts and saves nothing.
     params = [p for p in model.parameters() if p.requires_grad]
@@ -117,6 +130,10 @@ def train(
     on_step: StepCallback | None = None,
 ) -> dict:
     """Run (or resume) one training run; return the summary that is also written to summary.json."""
+    from whetstone.train.online import is_online, train_online  # ppo and grpo generate their data: their own loop
+
+    if is_online(config, run_dir, resume):
+        return train_online(config, run_dir, resume=resume, overwrite=overwrite, progress=progress, on_step=on_step)
     t_start = time.perf_counter()
 
     # ---- setup -----------------------------------------------------------------
@@ -160,8 +177,10 @@ def train(
          f"{trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f}%)")
 
     context = objective.setup(model, config, train_set)
+    runner = distributed.LossRunner(model, objective, context, device)
     optimizer = build_optimizer(model, cfg)
-    plan = StepPlan.build(len(train_set.examples), cfg.batch_size, cfg.grad_accum, world_size, cfg.epochs, cfg.max_steps)
+    plan = StepPlan.build(len(train_set.examples), per_process_batch(cfg, world_size), cfg.grad_accum, world_size,
+                          cfg.epochs, cfg.max_steps)
     warmup_steps = math.ceil(cfg.warmup * plan.total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, plan.total_steps, warmup_steps, cfg.schedule)
@@ -186,24 +205,38 @@ def train(
         while state.step < plan.total_steps:
             t_step = time.perf_counter()
             step = state.step
-            batches = [objective.collate([train_set.examples[i] for i in idx], pad_id)
-                       for idx in plan.micro_batches(step, cfg.seed, rank)]
+            shares = plan.micro_batches(step, cfg.seed, rank)
+            # An empty share (ragged epoch end, several processes) still runs a forward and backward,
+            # on a stand-in example with weight 0, so that every process joins each all-reduce.
+            batches = [objective.collate([train_set.examples[i] for i in (idx or [0])], pad_id) for idx in shares]
+            weights = [1.0 if idx else 0.0 for idx in shares]
             # The whole step's units (supervised tokens for SFT), across micro-batches and processes.
-            step_units = distributed.sum_across(sum(objective.units(b) for b in batches))
+            step_units = distributed.sum_across(sum(objective.units(b) * w for b, w in zip(batches, weights)))
             step_loss_sum, step_metrics, step_tokens = 0.0, {}, 0
-            for batch in batches:
+            for i, (batch, weight) in enumerate(zip(batches, weights)):
                 batch = {k: v.to(device) for k, v in batch.items()}
-                with autocast():
-                    out = objective.loss(model, batch, context)
-                (out.loss_sum / max(step_units, 1)).backward()
-                step_loss_sum += float(out.loss_sum.detach())
+                with runner.accumulating(last_micro_batch=i == len(batches) - 1):
+                    with autocast():
+                        out = runner(batch)
+                    (out.loss_sum * (weight * runner.grad_scale / max(step_units, 1))).backward()
+                step_loss_sum += float(out.loss_sum.detach()) * weight
                 for key, value in out.metrics.items():
-                    step_metrics[key] = step_metrics.get(key, 0.0) + float(value)
-                step_tokens += int(batch["attention_mask"].sum())
+                    step_metrics[key] = step_metrics.get(key, 0.0) + float(value) * weight
+                step_tokens += int(batch["attention_mask"].sum()) if weight else 0
+            step_tokens = int(distributed.sum_across(step_tokens))  # real tokens of every process
             state.tokens += step_tokens
             grad_norm = _clip_and_measure(model, cfg.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
-            optimizer.step()
+            if not distributed.all_finite(step_loss_sum, grad_norm):
+                origins = [train_set.origins[i] for idx in shares for i in idx]
+                if not cfg.skip_nonfinite:
+                    raise _nonfinite_error(state.step + 1, step_loss_sum, grad_norm, origins, run)
+                state.skipped_steps += 1
+                _say(f"step {state.step + 1}: non-finite loss or gradient, step skipped "
+                     f"(train.skip_nonfinite; {state.skipped_steps} so far); records: {', '.join(origins[:8])}")
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
@@ -213,7 +246,7 @@ def train(
             state.train_seconds += seconds
             window["loss_sum"] += distributed.sum_across(step_loss_sum)
             window["units"] += step_units
-            window["tokens"] += int(distributed.sum_across(step_tokens))
+            window["tokens"] += step_tokens
             for key, value in step_metrics.items():
                 window["metrics"][key] = window["metrics"].get(key, 0.0) + distributed.sum_across(value)
             window["seconds"] += seconds
@@ -231,7 +264,7 @@ def train(
                     "loss": round(loss_now, 6),
                     "lr": lr,
                     "grad_norm": round(grad_norm, 6),
-                    "tokens": int(distributed.sum_across(state.tokens)) if world_size > 1 else state.tokens,
+                    "tokens": state.tokens,
                     "tokens_per_s": round(window["tokens"] / max(window["seconds"], 1e-9), 2),
                     "elapsed_s": round(time.perf_counter() - t_start, 3),
                 }
@@ -250,9 +283,7 @@ def train(
                 if distributed.is_main():
                     run.append_metrics(last_row)
                 window = _new_window()
-            if not math.isfinite(loss_now):
-                raise WhetstoneError(f"the loss became {loss_now} at step {state.step}; lower train.lr or check the data.")
-            wants_stop = stop.requested or (on_step is not None and on_step(state.step, last_row))
+            wants_stop = distributed.any_across(stop.requested or (on_step is not None and on_step(state.step, last_row)))
             if distributed.is_main() and (state.step % cfg.checkpoint_every == 0 or done or wants_stop):
                 save_checkpoint(run.checkpoints, model, optimizer, scheduler, state, cfg.keep_checkpoints)
             if wants_stop and not done:
@@ -261,18 +292,35 @@ def train(
     bar.close()
 
     # ---- save ------------------------------------------------------------------
-    # End-of-training metrics, forgetting probe and canaries, as far as config.eval/data ask for them.
-    final = final_evaluation(model, tokenizer, config, run.path, eval_records) if not stopped_early and distributed.is_main() else {}
-    summary = {**_summary(config, run, state, plan, data_stats, trainable, total, device, t_start, stopped_early), **final}
+    # End-of-training metrics, forgetting probe and canaries, as far as config.eval and data.canaries ask.
+    final = {}
+    if not stopped_early and distributed.is_main():
+        final = final_evaluation(model, tokenizer, config, run.path, eval_records)
+    summary = _summary(config, run, state, plan, data_stats, trainable, total, device, t_start, stopped_early) | final
     if distributed.is_main():
         if not stopped_early:
             _save_weights(model, tokenizer, run.path, resolved.path)
         run.write_json("summary.json", summary)
+        run.finish(summary)  # trackers get the summary and close; report.html is written
     if stopped_early:
         _say(f"stopped at step {state.step} of {plan.total_steps}; continue with: whetstone train --resume {run.path}")
     else:
         _say(f"done: {run.path} (train loss {summary['train_loss']}, eval loss {summary['eval_loss']})")
+    distributed.shutdown()
     return summary
+
+
+def _nonfinite_error(step: int, loss_sum: float, grad_norm: float, origins: list[str], run) -> WhetstoneError:
+    from whetstone.train.checkpoint import latest_checkpoint
+
+    last = latest_checkpoint(run.checkpoints)
+    kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+    return WhetstoneError(
+        f"step {step}: the loss ({loss_sum}) or the gradient norm ({grad_norm}) is not finite, so the run stopped "
+        f"before applying it; {kept}. The step's records: {', '.join(origins[:16])}"
+        f"{' ...' if len(origins) > 16 else ''}. Lower train.lr, check those records, or set "
+        f"train.skip_nonfinite: true to skip such steps and count them."
+    )
 
 
 def _new_window() -> dict:
@@ -307,12 +355,13 @@ def _summary(config: RunConfig, run: RunDirectory, state: TrainState, plan: Step
     return {
         "train_loss": rows[-1]["loss"] if rows else None,
         "eval_loss": evals[-1]["eval_loss"] if evals else None,
-        "eval_ppl": evals[-1]["eval_ppl"] if evals else None,
+        "eval_ppl": evals[-1].get("eval_ppl") if evals else None,
         "steps": state.step,
         "total_steps": plan.total_steps,
         "stopped_early": stopped_early,
         "tokens": state.tokens,
         "supervised_tokens": state.supervised_tokens,
+        "skipped_steps": state.skipped_steps,
         "tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 2),
         "train_s": round(state.train_seconds, 3),
         "wall_s": round(time.perf_counter() - t_start, 3),

@@ -6,6 +6,9 @@
       summary.json     final figures
       adapter/         PEFT adapter (lora, dora, qlora)   | model/  HF safetensors (full, freeze)
       checkpoints/     resumable state, newest last; `latest` names the newest
+      report.html      the run's report (written by `finish`)
+
+Every metrics row also goes to the trackers in `log.to` (train/trackers.py).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ class RunDirectory:
         self.path = path
         self.checkpoints = path / "checkpoints"
         self.metrics_path = path / "metrics.jsonl"
+        self._trackers = None  # opened by create(), or on the first row of a resumed run
 
     @classmethod
     def create(cls, path: str | Path, config: RunConfig, overwrite: bool = False) -> "RunDirectory":
@@ -43,6 +47,7 @@ class RunDirectory:
         path.mkdir(parents=True, exist_ok=True)
         run = cls(path)
         (path / "config.yaml").write_text(dump_config(config))
+        run._open_trackers(config)  # a missing tracker package fails now, not after the first steps
         return run
 
     @classmethod
@@ -57,6 +62,23 @@ class RunDirectory:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
+        self._open_trackers().log(row)
+
+    def finish(self, summary: dict) -> None:
+        """The run ended (summary.json is written): close the trackers and write report.html."""
+        from whetstone.report import write_report
+
+        self._open_trackers().finish(summary)
+        write_report(self.path)
+
+    def _open_trackers(self, config: RunConfig | None = None):
+        if self._trackers is None:
+            from whetstone.train.trackers import open_trackers
+
+            if config is None:
+                config = config_from_dict(read_yaml(self.path / "config.yaml"), str(self.path / "config.yaml"))
+            self._trackers = open_trackers(config.log, self.path, config.to_dict())
+        return self._trackers
 
     def truncate_metrics(self, after_step: int) -> None:
         """Drop rows logged after the checkpoint we resume from: they will be logged again."""

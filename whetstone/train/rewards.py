@@ -1,0 +1,140 @@
+"""Rewards for online RL (ppo, grpo): reward-model runs and Python functions, summed with weights.
+
+A config names each reward:
+
+    reward:
+      - {run: runs/rm, weight: 1.0}                                    # objective: reward run
+      - {function: whetstone.train.rewards:exact_match, weight: 1.0}    # a module on the path
+      - {function: examples/preferences/rewards.py:answer_format}      # or a file
+
+A reward function is called once per batch of completions as
+
+    f(prompts=[str], completions=[str], references=[str | None]) -> [float]
+
+where a prompt is the text of its last user turn and a reference is the
+record's reference answer (format 'prompt'). Only the modules and files named in
+the config are imported. The functions below are ready to name.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from whetstone.config import RewardSource
+from whetstone.data.records import Message
+from whetstone.errors import WhetstoneError
+
+# (prompt messages, completion texts, references) -> one float per completion
+ScoreFn = Callable[[list[tuple[Message, ...]], list[str], list[str | None]], list[float]]
+
+
+@dataclass
+class Reward:
+    name: str  # for the metrics: reward/<name>
+    weight: float
+    score: ScoreFn
+
+
+def _normalize(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().strip("`'\".").strip()).lower()
+
+
+def exact_match(prompts: list[str], completions: list[str], references: list[str | None]) -> list[float]:
+    """1.0 when the completion equals the reference (case, spaces, quotes and a final period ignored)."""
+    return [float(ref is not None and _normalize(c) == _normalize(ref)) for c, ref in zip(completions, references)]
+
+
+def contains_reference(prompts: list[str], completions: list[str], references: list[str | None]) -> list[float]:
+    """1.0 when the reference appears in the completion (case and spaces ignored)."""
+    return [float(ref is not None and _normalize(ref) in _normalize(c)) for c, ref in zip(completions, references)]
+
+
+def length_penalty(prompts: list[str], completions: list[str], references: list[str | None]) -> list[float]:
+    """-0.01 per word: with a small weight it breaks ties in favour of shorter answers."""
+    return [-0.01 * len(c.split()) for c in completions]
+
+
+# ---------------------------------------------------------------------------
+# Loading what the config names.
+
+
+def import_function(spec: str) -> Callable:
+    """'package.module:function' or 'path/to/file.py:function' -> the function."""
+    target, _, name = spec.rpartition(":")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise WhetstoneError(f"objective.reward function {spec!r}: the file {target} does not exist.")
+        module_name = f"whetstone_reward_{abs(hash(str(path.resolve())))}"
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        module_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise WhetstoneError(
+                f"objective.reward function {spec!r}: cannot import module {target!r} ({exc}). Install it, or name "
+                f"a file instead: 'path/to/rewards.py:{name}'."
+            ) from None
+    function = getattr(module, name, None)
+    if not callable(function):
+        raise WhetstoneError(f"objective.reward function {spec!r}: {target} has no function named {name!r}.")
+    return function
+
+
+def _function_reward(spec: str) -> ScoreFn:
+    function = import_function(spec)
+
+    def score(prompts: list[tuple[Message, ...]], completions: list[str], references: list[str | None]) -> list[float]:
+        texts = [next((m.content for m in reversed(p) if m.role == "user"), "") for p in prompts]
+        values = function(prompts=texts, completions=completions, references=references)
+        values = list(values) if values is not None else []
+        if len(values) != len(completions):
+            raise WhetstoneError(
+                f"objective.reward function {spec!r} returned {len(values)} values for {len(completions)} completions; "
+                f"it must return one float per completion."
+            )
+        return [float(v) for v in values]
+
+    return score
+
+
+def _model_reward(run: str, device) -> ScoreFn:
+    from whetstone.objectives.reward import load_reward_model
+
+    reward_model = load_reward_model(run, device)
+
+    def score(prompts: list[tuple[Message, ...]], completions: list[str], references: list[str | None]) -> list[float]:
+        answers = [(Message("assistant", c),) for c in completions]
+        return reward_model.score(prompts, answers)
+
+    return score
+
+
+def load_rewards(sources: list[RewardSource], device) -> list[Reward]:
+    rewards: list[Reward] = []
+    for source in sources:
+        if source.run is not None:
+            name, score = Path(source.run).name, _model_reward(source.run, device)
+        else:
+            name, score = source.function.rpartition(":")[2], _function_reward(source.function)
+        if any(r.name == name for r in rewards):
+            name = f"{name}_{len(rewards)}"
+        rewards.append(Reward(name, source.weight, score))
+    return rewards
+
+
+def score_completions(rewards: list[Reward], prompts: list[tuple[Message, ...]], completions: list[str],
+                      references: list[str | None]) -> tuple[list[float], dict[str, list[float]]]:
+    """(weighted sum per completion, each reward's own values by name)."""
+    parts = {reward.name: reward.score(prompts, completions, references) for reward in rewards}
+    total = [sum(r.weight * parts[r.name][i] for r in rewards) for i in range(len(completions))]
+    return total, parts
