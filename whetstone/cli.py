@@ -19,7 +19,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         summary = train(None, args.resume, resume=True, progress=not args.quiet)
     else:
         # Without a file the defaults apply, so `--set` alone can describe a run.
-        config = load_config(args.config, args.set)
+        config = load_config(args.config, args.set + (["model.allow_pickle=true"] if args.allow_pickle else []))
         summary = train(config, args.output, overwrite=args.overwrite, progress=not args.quiet)
     return 0 if not summary.get("stopped_early") else 130
 
@@ -61,7 +61,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="base model (default: the embedded smollm2-135m-instruct)")
-    p.add_argument("--adapter", default=None, help="a PEFT adapter directory (a run's adapter/)")
+    p.add_argument("--adapter", default=None, help="a PEFT adapter directory, a run directory, or a name in the adapter library")
     p.add_argument("--run", default=None, help="a run directory: its base model plus its adapter or model")
     p.add_argument("--system", default=None, help="a system message")
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a stopped run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept pickle (.bin/.pt) base weights; they are still loaded with weights_only=True")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("generate", help="answer one prompt")
@@ -98,6 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     if add_parsers is not None:
         data = sub.add_parser("data", help="check and clean training data")
         add_parsers(data.add_subparsers(dest="data_command", required=True))
+    from whetstone.evaluate.commands import add_parsers as add_eval_parsers
+
+    add_eval_parsers(sub)  # eval, audit, compare
+    from whetstone.export.commands import add_parsers as add_ship_parsers
+
+    add_ship_parsers(sub)  # export, adapters, serve, report
+    from whetstone.objectives.commands import add_parsers as add_score_parsers
+
+    add_score_parsers(sub)  # score
     return parser
 
 
