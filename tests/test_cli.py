@@ -69,3 +69,14 @@ def test_on_error_skip_trains_on_the_valid_records_and_counts_the_rest(tmp_path,
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["data"]["records"] == 32 and summary["data"]["skipped_invalid"] == 2
     assert "skipped 2 invalid records" in capsys.readouterr().out
+
+
+def test_chat_reads_turns_until_an_empty_line(tmp_path, tiny_model_dir, qa_file):
+    run = tmp_path / "run"
+    assert main(["train", "--set", f"model={tiny_model_dir}", "--set", f"data.train={qa_file}",
+                 "--set", "train.max_steps=1", "-o", str(run), "--quiet"]) == 0
+    result = subprocess.run([sys.executable, "-m", "whetstone", "chat", "--run", str(run), "--max-new-tokens", "3"],
+                            input="What is 1 plus 1?\n/reset\nAnd 2 plus 2?\n\n", capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("model> ") == 2 and "Traceback" not in result.stderr

@@ -402,7 +402,9 @@ def _verdict(r: CheckReport) -> str:
     if r.leaks:
         errors.append(f"{_n(r.leaks, 'eval record')} also in train")
         fixes.append("remove those records from the eval file (or from train)")
-    warnings = f"{_n(r.warnings, 'warning')} (duplicates, PII)" if r.warnings else ""
+    dupes = sum(len(c) - 1 for c in r.exact_duplicates) + sum(len(c) - 1 for c in r.near_duplicates or [])
+    kinds = ", ".join(k for k, n in (("duplicates", dupes), ("PII", r.warnings - dupes)) if n)
+    warnings = f"{_n(r.warnings, 'warning')} ({kinds})" if r.warnings else ""
     if errors:
         plus = f"; plus {warnings}" if warnings else ""
         return "result: ERRORS: " + "; ".join(errors) + plus + (". To fix: " + "; ".join(fixes) + "." if fixes else ".")
