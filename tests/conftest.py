@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pytest
+
+from tiny_runs import write_jsonl
 
 # Two cores: keep torch from oversubscribing them, and tokenizers from forking threads.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -27,11 +28,6 @@ def tiny_tokenizer(tiny_model_dir):
     return load_tokenizer(str(tiny_model_dir))
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 @pytest.fixture
 def qa_file(tmp_path) -> Path:
     """32 short chat records with variable lengths."""
@@ -41,11 +37,3 @@ def qa_file(tmp_path) -> Path:
         answer = f"{i} plus {i} is {2 * i}." + " That is the sum." * (i % 4)
         rows.append({"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]})
     return write_jsonl(tmp_path / "qa.jsonl", rows)
-
-
-def tiny_config(model_dir, train_file, *overrides: str):
-    from whetstone.config import load_config
-
-    base = [f"model={model_dir}", f"data.train={train_file}", "train.lr=1e-3", "train.warmup=0.0",
-            "train.log_every=1", "method.dropout=0.0"]
-    return load_config(None, base + list(overrides))

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_config
+from tiny_runs import tiny_config
 from whetstone.errors import WhetstoneError
 from whetstone.train import checkpoint as checkpoint_module
 from whetstone.train.loop import train
@@ -38,7 +38,7 @@ def _final(run):
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory, tiny_model_dir):
     """The uninterrupted reference run, in a subprocess like the killed ones."""
-    from conftest import write_jsonl
+    from tiny_runs import write_jsonl
 
     base = tmp_path_factory.mktemp("crash")
     rows = [{"prompt": f"Count to {i}.", "completion": " ".join(str(j) for j in range(i + 1))} for i in range(24)]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_config
+from tiny_runs import tiny_config
 from whetstone.train.loop import train
 
 

@@ -6,7 +6,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from conftest import tiny_config
+from tiny_runs import tiny_config
 from whetstone.config import MethodConfig, ModelConfig
 from whetstone.data.batches import collate
 from whetstone.data.records import Message, Record

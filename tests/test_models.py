@@ -70,64 +70,15 @@ def test_gguf_file_round_trip_through_the_cache(tmp_path, tiny_model_dir, monkey
 
 
 def _write_tiny_gguf(model_dir, out):
-    """Write the tiny Llama as an f32 GGUF with the `gguf` library (as llama.cpp lays it out)."""
-    import gguf
-    import numpy as np
+    """The tiny Llama as an f32 GGUF, through whetstone's exporter (llama.cpp's layout)."""
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer
 
-    cfg = json.loads((model_dir / "config.json").read_text())
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    w = load_file(str(model_dir / "model.safetensors"))
-    writer = gguf.GGUFWriter(str(out), "llama")
-    writer.add_name("tiny")
-    writer.add_context_length(cfg["max_position_embeddings"])
-    writer.add_embedding_length(cfg["hidden_size"])
-    writer.add_block_count(cfg["num_hidden_layers"])
-    writer.add_feed_forward_length(cfg["intermediate_size"])
-    writer.add_head_count(cfg["num_attention_heads"])
-    writer.add_head_count_kv(cfg["num_key_value_heads"])
-    writer.add_rope_freq_base(cfg.get("rope_theta", 10000.0))
-    writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-    writer.add_file_type(0)
-    vocab = tok.get_vocab()
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types([3 if t.startswith("<|") else 1 for t in tokens])
-    merges = json.loads(tok.backend_tokenizer.to_str())["model"]["merges"]
-    writer.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in merges])
-    writer.add_eos_token_id(tok.eos_token_id)
-    writer.add_pad_token_id(tok.pad_token_id)
-    writer.add_chat_template(tok.chat_template)
-    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    from whetstone.export.gguf import write_gguf
+    from whetstone.models import load_tokenizer
 
-    def permute(t, n_head):  # HF's rotary layout -> GGUF's interleaved layout (llama.cpp's convert script)
-        return t.reshape(n_head, 2, t.shape[0] // n_head // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
-
-    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
-    per_layer = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-                 "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-                 "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
-    for name, tensor in w.items():
-        array = tensor.float().numpy()
-        if name in names:
-            target = names[name]
-        else:
-            _, _, layer, *rest = name.split(".")
-            key = ".".join(rest[:-1])
-            target = f"blk.{layer}.{per_layer[key]}.weight"
-            if key == "self_attn.q_proj":
-                array = permute(array, heads)
-            elif key == "self_attn.k_proj":
-                array = permute(array, kv_heads)
-        writer.add_tensor(target, np.ascontiguousarray(array, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return out
+    config = json.loads((model_dir / "config.json").read_text())
+    weights = load_file(str(model_dir / "model.safetensors"))
+    return write_gguf(weights, config, load_tokenizer(str(model_dir)), out, "f32", name="tiny", pre="gpt2")
 
 
 def test_bf16_on_this_cpu_is_refused_or_allowed_honestly():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import tiny_config
+from tiny_runs import tiny_config
 from whetstone.errors import WhetstoneError
 from whetstone.train.loop import train
 
@@ -62,7 +62,7 @@ def test_run_directory_contract(tmp_path, tiny_model_dir, qa_file):
     config = tiny_config(tiny_model_dir, qa_file, "train.max_steps=3", f"data.eval={eval_file}", "eval.every=2")
     summary = train(config, run, progress=False)
     assert sorted(p.name for p in run.iterdir()) == ["adapter", "checkpoints", "config.yaml", "metrics.jsonl",
-                                                     "summary.json"]
+                                                     "report.html", "summary.json"]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     for row in rows:

@@ -183,7 +183,8 @@ def _run_task(config: dict | None) -> str | None:
 
 def _metrics(summary: dict) -> dict[str, float]:
     """The run's headline numbers: losses, and the scalar eval results when present."""
-    metrics = {k: summary[k] for k in ("train_loss", "eval_loss", "eval_ppl") if isinstance(summary.get(k), (int, float))}
+    metrics = {k: summary[k] for k in ("train_loss", "eval_loss", "eval_ppl")
+               if isinstance(summary.get(k), (int, float))}
     evals = summary.get("eval")
     if isinstance(evals, dict):
         for key, value in evals.items():

@@ -115,7 +115,7 @@ class ObjectiveConfig:
     margin: float = 0.0
     """reward: Bradley-Terry margin m in -log sigmoid(r_chosen - r_rejected - m); simpo: the target margin gamma."""
     length_normalize: bool | None = None
-    """dpo: average log-probs per token instead of summing; null uses the paper's choice (on for simpo and orpo)."""
+    """dpo: average log-probs per token instead of summing; null uses the paper's choice (on for ipo, simpo, orpo)."""
     precompute_reference: bool = False
     """dpo: compute reference log-probs once before training; full fine-tuning then keeps no second model."""
     desirable_weight: float = 1.0

@@ -77,51 +77,51 @@ NUMBER_WORDS = {11: "eleven", 12: "twelve", 13: "thirteen", 14: "fourteen", 15: 
                 50: "fifty", 60: "sixty", 70: "seventy", 80: "eighty", 90: "ninety"}
 
 PROSE = [
-    "Bread is one of the oldest prepared foods. Flour, water, salt and yeast are mixed into a dough, which is "
+    ("Bread is one of the oldest prepared foods. Flour, water, salt and yeast are mixed into a dough, which is "
     "left to rise for a few hours. The yeast turns sugar into gas, and the bubbles make the bread light. It is "
-    "then baked in a hot oven until the crust is brown.",
-    "Rain forms when water vapour in the air cools and condenses into droplets. The droplets join together in "
+    "then baked in a hot oven until the crust is brown."),
+    ("Rain forms when water vapour in the air cools and condenses into droplets. The droplets join together in "
     "clouds until they are heavy enough to fall. In cold weather the water freezes on the way down and reaches "
-    "the ground as snow or hail.",
-    "A train timetable lists when each train leaves and arrives. Travellers who want to change trains should "
+    "the ground as snow or hail."),
+    ("A train timetable lists when each train leaves and arrives. Travellers who want to change trains should "
     "leave enough time between connections, because a late train can make them miss the next one. Many "
-    "stations show the platform number on large boards.",
-    "Cats sleep for much of the day, often twelve hours or more. They are most active at dawn and at dusk, "
+    "stations show the platform number on large boards."),
+    ("Cats sleep for much of the day, often twelve hours or more. They are most active at dawn and at dusk, "
     "when their ancestors hunted small animals. A cat that purrs is usually relaxed, although some cats also "
-    "purr when they are unwell.",
-    "The Moon takes about a month to travel around the Earth. As it moves, we see different parts of its "
-    "sunlit side, which is why it seems to change shape from a thin crescent to a full disc and back again.",
-    "Walking is a simple form of exercise that needs no equipment. Half an hour of brisk walking on most days "
+    "purr when they are unwell."),
+    ("The Moon takes about a month to travel around the Earth. As it moves, we see different parts of its "
+    "sunlit side, which is why it seems to change shape from a thin crescent to a full disc and back again."),
+    ("Walking is a simple form of exercise that needs no equipment. Half an hour of brisk walking on most days "
     "helps the heart and lungs, and it is easy to fit into daily life, for example by walking to the shop "
-    "instead of driving.",
-    "A library lends books to its members for a few weeks at a time. Most libraries also offer newspapers, "
-    "films and quiet rooms for study, and librarians help visitors find information on almost any subject.",
-    "Tea is made by pouring hot water over dried leaves of the tea plant. Black tea is left to brew for a few "
-    "minutes, while green tea needs cooler water and less time. Some people add milk, lemon or sugar.",
-    "Forests cover about a third of the land on Earth. Trees take in carbon dioxide and release oxygen, give "
-    "shelter to animals and birds, and hold the soil in place so that heavy rain does not wash it away.",
-    "Bicycles have two wheels, pedals and a chain that turns the rear wheel. Gears make it easier to climb "
-    "hills. Riders should wear a helmet and use lights when it is dark.",
-    "A market is a place where people buy and sell goods. Farmers bring fresh fruit, vegetables, eggs and "
-    "cheese, and shoppers can often taste before they buy. Prices are sometimes lower at the end of the day.",
-    "Mountains are colder at the top than at the bottom, because the air thins and holds less heat as you "
-    "climb. That is why some high peaks keep their snow all year, even near the equator.",
-    "Children usually learn to read between the ages of four and seven. Reading aloud to them, and letting "
-    "them choose books they enjoy, helps them learn new words and makes reading a habit.",
-    "A letter needs an address and a stamp before it can be posted. The post office sorts letters by town and "
-    "street, and a postman or postwoman delivers them, usually within a few days.",
-    "Honey bees live in large colonies with one queen. Worker bees collect nectar from flowers and turn it into "
-    "honey, which the colony eats during the winter. On their way, bees carry pollen from flower to flower.",
-    "The ocean covers most of the surface of the Earth. Its water is salty because rivers carry minerals from "
-    "the land into the sea, where they stay when the water evaporates.",
-    "A good night's sleep helps people think clearly and stay healthy. Most adults need seven to nine hours. "
-    "Going to bed at the same time each night and avoiding bright screens late in the evening both help.",
-    "Soup is an easy meal to cook. Onions are softened in a little oil, then vegetables, water or stock and "
-    "salt are added, and everything simmers until soft. Some soups are blended until smooth.",
-    "Football is played by two teams of eleven players. Each team tries to kick the ball into the other "
-    "team's goal, and only the goalkeeper may touch the ball with the hands inside the penalty area.",
-    "Clocks divide the day into hours, minutes and seconds. Old clocks used swinging pendulums or springs, "
-    "while most clocks today keep time with a small vibrating quartz crystal.",
+    "instead of driving."),
+    ("A library lends books to its members for a few weeks at a time. Most libraries also offer newspapers, "
+    "films and quiet rooms for study, and librarians help visitors find information on almost any subject."),
+    ("Tea is made by pouring hot water over dried leaves of the tea plant. Black tea is left to brew for a few "
+    "minutes, while green tea needs cooler water and less time. Some people add milk, lemon or sugar."),
+    ("Forests cover about a third of the land on Earth. Trees take in carbon dioxide and release oxygen, give "
+    "shelter to animals and birds, and hold the soil in place so that heavy rain does not wash it away."),
+    ("Bicycles have two wheels, pedals and a chain that turns the rear wheel. Gears make it easier to climb "
+    "hills. Riders should wear a helmet and use lights when it is dark."),
+    ("A market is a place where people buy and sell goods. Farmers bring fresh fruit, vegetables, eggs and "
+    "cheese, and shoppers can often taste before they buy. Prices are sometimes lower at the end of the day."),
+    ("Mountains are colder at the top than at the bottom, because the air thins and holds less heat as you "
+    "climb. That is why some high peaks keep their snow all year, even near the equator."),
+    ("Children usually learn to read between the ages of four and seven. Reading aloud to them, and letting "
+    "them choose books they enjoy, helps them learn new words and makes reading a habit."),
+    ("A letter needs an address and a stamp before it can be posted. The post office sorts letters by town and "
+    "street, and a postman or postwoman delivers them, usually within a few days."),
+    ("Honey bees live in large colonies with one queen. Worker bees collect nectar from flowers and turn it into "
+    "honey, which the colony eats during the winter. On their way, bees carry pollen from flower to flower."),
+    ("The ocean covers most of the surface of the Earth. Its water is salty because rivers carry minerals from "
+    "the land into the sea, where they stay when the water evaporates."),
+    ("A good night's sleep helps people think clearly and stay healthy. Most adults need seven to nine hours. "
+    "Going to bed at the same time each night and avoiding bright screens late in the evening both help."),
+    ("Soup is an easy meal to cook. Onions are softened in a little oil, then vegetables, water or stock and "
+    "salt are added, and everything simmers until soft. Some soups are blended until smooth."),
+    ("Football is played by two teams of eleven players. Each team tries to kick the ball into the other "
+    "team's goal, and only the goalkeeper may touch the ball with the hands inside the penalty area."),
+    ("Clocks divide the day into hours, minutes and seconds. Old clocks used swinging pendulums or springs, "
+    "while most clocks today keep time with a small vibrating quartz crystal."),
 ]
 
 

@@ -141,6 +141,20 @@ class AuditReport:
     canaries: dict[str, list[dict]]  # "tuned", "base"; empty when none were planted
     candidates: int = 1001
 
+    @property
+    def extracts(self) -> bool:
+        """The tuned model reproduces clearly more training completions than its base."""
+        return self.extraction["tuned"].rate - self.extraction["base"].rate > EXTRACTION_MARGIN
+
+    @property
+    def exposed(self) -> int:
+        """Canaries that rank in the top 1% of their candidates on the tuned model."""
+        return sum(c["exposure"] >= EXPOSED_BITS for c in self.canaries.get("tuned", []))
+
+    @property
+    def memorizes(self) -> bool:
+        return self.extracts or self.exposed > 0
+
     def verdict(self) -> str:
         tuned, base = self.extraction["tuned"], self.extraction["base"]
         lines = [f"audit of {self.run}"]
@@ -148,9 +162,8 @@ class AuditReport:
             f"extraction: the tuned model reproduces {100 * tuned.rate:.1f}% of {tuned.n} training completions "
             f"({tuned.verbatim} verbatim, {tuned.near} near-verbatim at similarity >= {tuned.threshold:.2f}); "
             f"the base model {100 * base.rate:.1f}%.")
-        memorizes = tuned.rate - base.rate > EXTRACTION_MARGIN
         lines.append("  -> " + ("the tuned model repeats training data that the base model does not: "
-                                f"+{100 * (tuned.rate - base.rate):.1f} points." if memorizes else
+                                f"+{100 * (tuned.rate - base.rate):.1f} points." if self.extracts else
                                 "no more extraction than the base model."))
         if not self.canaries.get("tuned"):
             lines.append("canaries: none planted (set data.canaries: N in the training config to measure exposure).")
@@ -158,7 +171,7 @@ class AuditReport:
         t, b = self.canaries["tuned"], self.canaries["base"]
         mean_t = sum(c["exposure"] for c in t) / len(t)
         mean_b = sum(c["exposure"] for c in b) / len(b)
-        exposed = sum(c["exposure"] >= EXPOSED_BITS for c in t)
+        exposed = self.exposed
         first = sum(c["rank"] == 1 for c in t)
         lines.append(
             f"canaries: {len(t)} planted; mean exposure {mean_t:.2f} bits on the tuned model against {mean_b:.2f} "
@@ -169,11 +182,15 @@ class AuditReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
+        tuned = self.extraction["tuned"]
         return {
             "run": self.run,
             "extraction": {k: {**{f.name: getattr(v, f.name) for f in dataclasses.fields(v) if f.name != "examples"},
                                "rate": round(v.rate, 4)} for k, v in self.extraction.items()},
+            # What was extracted, to judge by eye: the tuned model's verbatim and near-verbatim answers.
+            "extracted": [e for e in tuned.examples if e["similarity"] >= tuned.threshold],
             "canaries": self.canaries,
+            "memorizes": self.memorizes,
             "verdict": self.verdict(),
         }
 

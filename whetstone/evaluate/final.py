@@ -30,6 +30,7 @@ def final_evaluation(model: torch.nn.Module, tokenizer, config: RunConfig, run_p
                      eval_records: list[Record]) -> dict:
     """Run what `config.eval` and `config.data.canaries` ask for; {} when they ask for nothing."""
     out: dict = {}
+    model = getattr(model, "module", model)  # under DistributedDataParallel: the model itself
     if config.data.canaries:
         canaries = make_canaries(config.data.canaries, config.train.seed)
         payload = {"seed": config.train.seed, "canaries": [{"index": c.index, "secret": c.secret} for c in canaries]}

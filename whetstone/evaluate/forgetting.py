@@ -80,19 +80,23 @@ def run_probe(model, tokenizer, probe: Probe, batch_size: int = 16) -> ProbeResu
     text_ppl = qa_ppl = qa_accuracy = None
     if probe.texts:
         rendered = [render_record(r, tokenizer, PROBE_MAX_LENGTH) for r in probe.texts]
-        ((loss, _),) = loss_by_task(model, tokenizer, rendered, [None] * len(rendered), batch_size).values()
-        text_ppl = math.exp(loss)
+        text_ppl = _perplexity(model, tokenizer, rendered, batch_size)
     if probe.questions:
         examples = [as_example(r) for r in probe.questions]
         rendered = [render_record(Record("chat", r.origin, messages=(*e.prompt, Message("assistant", e.answer))),
                                   tokenizer, PROBE_MAX_LENGTH) for r, e in zip(probe.questions, examples)]
-        ((loss, _),) = loss_by_task(model, tokenizer, rendered, [None] * len(rendered), batch_size).values()
-        qa_ppl = math.exp(loss)
+        qa_ppl = _perplexity(model, tokenizer, rendered, batch_size)
         conversations = [[{"role": m.role, "content": m.content} for m in e.prompt] for e in examples]
         answers = generate_answers(model, tokenizer, conversations, PROBE_NEW_TOKENS, batch_size=batch_size)
         qa_accuracy = sum(contains_answer(a, e.answer) for a, e in zip(answers, examples)) / len(examples)
     return ProbeResult(text_ppl, qa_ppl, qa_accuracy, len(probe.texts), len(probe.questions),
                        time.perf_counter() - start)
+
+
+def _perplexity(model, tokenizer, rendered: list, batch_size: int) -> float | None:
+    """exp(mean loss per supervised token) over all of `rendered`; None if nothing is supervised."""
+    by_task = loss_by_task(model, tokenizer, rendered, [None] * len(rendered), batch_size)
+    return math.exp(by_task["default"][0]) if by_task else None
 
 
 def _pct(before: float | None, after: float | None) -> float | None:

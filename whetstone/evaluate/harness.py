@@ -29,8 +29,7 @@ from whetstone.data.render import IGNORE, Rendered, render_record
 from whetstone.errors import WhetstoneError
 from whetstone.evaluate.fewshot import Example, as_example, with_shots
 from whetstone.evaluate.loss import objective_loss
-from whetstone.evaluate.metrics import (GENERATION_METRICS, LABEL_METRICS, generation_scores, group_by_task,
-                                        label_scores)
+from whetstone.evaluate.metrics import GENERATION_METRICS, LABEL_METRICS, generation_scores, group_by_task, label_scores
 from whetstone.evaluate.scoring import rank_labels
 from whetstone.models.inference import generate_answers
 from whetstone.objectives import OBJECTIVES

@@ -30,7 +30,7 @@ class ModelPair:
     _base: torch.nn.Module | None = field(default=None, repr=False)
 
     @classmethod
-    def load(cls, model: str | None, adapter: str | None, run: str | None, device: str) -> "ModelPair":
+    def load(cls, model: str | None, adapter: str | None, run: str | None, device: str) -> ModelPair:
         """The pair named on the command line: --run RUN_DIR, or --model M --adapter DIR."""
         if run is None and adapter is None:
             raise WhetstoneError("comparing with a fine-tuned model needs one: pass --run RUN_DIR, or --model M "

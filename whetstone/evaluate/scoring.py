@@ -15,6 +15,7 @@ changes a ranking.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from collections.abc import Sequence
 
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from whetstone.data.batches import collate
 from whetstone.data.records import Message, Record
 from whetstone.data.render import IGNORE, Rendered, render_record
+from whetstone.models.forward import unwrap
 
 
 def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
@@ -37,6 +39,11 @@ def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
 
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def _cache_key(model: torch.nn.Module) -> str:
+    """transformers 5.2x renamed the key/value cache argument and output from `past_key_values` to `cache`."""
+    return "cache" if "cache" in inspect.signature(unwrap(model).forward).parameters else "past_key_values"
 
 
 @torch.no_grad()
@@ -77,8 +84,9 @@ def candidate_logprobs(model: torch.nn.Module, examples: Sequence[Rendered], pad
         return sequence_logprobs(model, examples, pad_id, batch_size)
     device = _device(model)
     prefix = torch.tensor([ids[0][:shared]], device=device)  # (1, P)
+    key = _cache_key(model)
     out = model(input_ids=prefix, use_cache=True)
-    cache = out.past_key_values
+    cache = getattr(out, key)
     first = F.log_softmax(out.logits[0, -1].float(), dim=-1)  # (V,): predicts the token at position P
     scores: list[float] = []
     for i in range(0, len(examples), batch_size):
@@ -95,8 +103,8 @@ def candidate_logprobs(model: torch.nn.Module, examples: Sequence[Rendered], pad
         batch_cache.batch_repeat_interleave(len(rows))
         # Right padding needs no attention mask: causal attention never lets a real token see a later pad.
         positions = torch.arange(shared, shared + width, device=device).expand(len(rows), width)  # (b, S)
-        logits = model(input_ids=tokens, position_ids=positions, past_key_values=batch_cache,
-                       use_cache=True).logits  # (b, S, V)
+        logits = model(input_ids=tokens, position_ids=positions, use_cache=True,
+                       **{key: batch_cache}).logits  # (b, S, V)
         logprobs = torch.cat([first.expand(len(rows), 1, -1), F.log_softmax(logits[:, :-1].float(), dim=-1)],
                              dim=1)  # (b, S, V): entry j predicts continuation token j
         token_lp = logprobs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (b, S)

@@ -41,8 +41,9 @@ class ConsistencyError(WhetstoneError):
         self.problems = problems
         body = "\n".join(f"  - {p}" for p in problems)
         super().__init__(
-            f"{where}: the export would not serve the model the way it was trained:\n{body}\n"
-            f"Fix the run's tokenizer (its adapter/ or model/ directory) or data.chat_template, then export again."
+            f"{where}: the model would not be served the way it was trained:\n{body}\n"
+            f"Use the tokenizer saved with the run (its adapter/ or model/ directory), with the same "
+            f"data.chat_template the run was trained with."
         )
 
 

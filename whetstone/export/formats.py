@@ -26,13 +26,11 @@ import torch
 
 from whetstone.config import ModelConfig, RunConfig, config_from_dict, read_yaml
 from whetstone.errors import WhetstoneError
+from whetstone.export import DEFAULT_DTYPE, DTYPES, FORMATS
 from whetstone.export.consistency import PROBE, check_consistency
-from whetstone.export.gguf import GGUF_DTYPES, detect_pre_tokenizer, source_gguf_pre, write_gguf
+from whetstone.export.gguf import detect_pre_tokenizer, source_gguf_pre, write_gguf
 from whetstone.models.load import load_model, load_tokenizer, resolve_model
 
-FORMATS = ("peft", "merged", "gguf")
-DTYPES = {"peft": ("f32", "f16", "bf16"), "merged": ("f32", "f16", "bf16"), "gguf": GGUF_DTYPES}
-DEFAULT_DTYPE = {"peft": "f32", "merged": "f32", "gguf": "f16"}
 TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 EXACT_TOLERANCE = 1e-4  # fp32 exports: merging and file layout must not change the function
 LOSSY_RELATIVE_TOLERANCE = 0.05  # f16/bf16/q8_0: a bound that catches a wrong layout, not rounding

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from whetstone.errors import WhetstoneError
+from whetstone.export import GGUF_DTYPES
 
-GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)  # llama.cpp's "llama" layout
 
 _LAYER_TENSORS = {
@@ -223,43 +223,47 @@ def write_gguf(state_dict: dict[str, torch.Tensor], config: dict, tokenizer, out
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    writer = gguf.GGUFWriter(str(tmp), "llama")
-    writer.add_type("model")
-    writer.add_name(name)
-    writer.add_context_length(config["max_position_embeddings"])
-    writer.add_embedding_length(config["hidden_size"])
-    writer.add_block_count(config["num_hidden_layers"])
-    writer.add_feed_forward_length(config["intermediate_size"])
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_rope_dimension_count(head_dim)
-    if head_dim != config["hidden_size"] // heads:
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
-    writer.add_rope_freq_base(_rope_theta(config))
-    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
-    writer.add_vocab_size(config["vocab_size"])
-    writer.add_file_type(int(file_type))
-    if dtype in ("q8_0",):
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _write_tokenizer(writer, tokenizer, config["vocab_size"], pre)
+    try:
+        writer = gguf.GGUFWriter(str(tmp), "llama")
+        writer.add_type("model")
+        writer.add_name(name)
+        writer.add_context_length(config["max_position_embeddings"])
+        writer.add_embedding_length(config["hidden_size"])
+        writer.add_block_count(config["num_hidden_layers"])
+        writer.add_feed_forward_length(config["intermediate_size"])
+        writer.add_head_count(heads)
+        writer.add_head_count_kv(kv_heads)
+        writer.add_rope_dimension_count(head_dim)
+        if head_dim != config["hidden_size"] // heads:
+            writer.add_key_length(head_dim)
+            writer.add_value_length(head_dim)
+        writer.add_rope_freq_base(_rope_theta(config))
+        writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+        writer.add_vocab_size(config["vocab_size"])
+        writer.add_file_type(int(file_type))
+        if dtype == "q8_0":  # quantized blocks carry a format version
+            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        _write_tokenizer(writer, tokenizer, config["vocab_size"], pre)
 
-    tied = config.get("tie_word_embeddings", False)
-    for hf_name, tensor in state_dict.items():
-        if hf_name == "lm_head.weight" and tied:
-            continue  # llama.cpp reuses token_embd when there is no output.weight
-        target, rotary = _gguf_name(hf_name)
-        array = tensor.detach().to(torch.float32).cpu().numpy()
-        if rotary == "q":
-            array = permute_rotary(array, heads)
-        elif rotary == "k":
-            array = permute_rotary(array, kv_heads)
-        data, raw_dtype = _encode(array, dtype)
-        writer.add_tensor(target, data, raw_dtype=raw_dtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+        tied = config.get("tie_word_embeddings", False)
+        for hf_name, tensor in state_dict.items():
+            if hf_name == "lm_head.weight" and tied:
+                continue  # llama.cpp reuses token_embd when there is no output.weight
+            target, rotary = _gguf_name(hf_name)
+            array = tensor.detach().to(torch.float32).cpu().numpy()
+            if rotary == "q":
+                array = permute_rotary(array, heads)
+            elif rotary == "k":
+                array = permute_rotary(array, kv_heads)
+            data, raw_dtype = _encode(array, dtype)
+            writer.add_tensor(target, data, raw_dtype=raw_dtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(out)  # never leave a half-written .gguf under the final name
     return out
 

@@ -22,4 +22,4 @@ OBJECTIVES: dict[str, Objective] = {
     "kto": KTO,
 }
 
-__all__ = ["LossOutput", "OBJECTIVES", "Objective", "sft_loss"]
+__all__ = ["OBJECTIVES", "LossOutput", "Objective", "sft_loss"]

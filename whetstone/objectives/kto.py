@@ -20,8 +20,14 @@ from whetstone.data.dataset import DataStats
 from whetstone.data.records import Record
 from whetstone.errors import WhetstoneError
 from whetstone.objectives.base import LossOutput, Objective
-from whetstone.objectives.logprobs import Completion, Reference, build_reference, pad_rows, render_completion, \
-    sequence_logprobs
+from whetstone.objectives.logprobs import (
+    Completion,
+    Reference,
+    build_reference,
+    pad_rows,
+    render_completion,
+    sequence_logprobs,
+)
 
 
 def kto_loss(rewards: torch.Tensor, desirable: torch.Tensor, kl: torch.Tensor, beta: float,

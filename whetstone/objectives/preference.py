@@ -13,8 +13,8 @@ model in ONE forward pass: the batch is [chosen rows; rejected rows].
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +24,14 @@ from whetstone.data.records import Record
 from whetstone.errors import WhetstoneError
 from whetstone.methods import is_adapter_model
 from whetstone.objectives.base import LossOutput, Objective
-from whetstone.objectives.logprobs import Completion, Reference, build_reference, pad_rows, render_completion, \
-    sequence_logprobs
+from whetstone.objectives.logprobs import (
+    Completion,
+    Reference,
+    build_reference,
+    pad_rows,
+    render_completion,
+    sequence_logprobs,
+)
 
 # ---------------------------------------------------------------------------
 # The losses. Each maps per-pair log-probs (B,) to per-pair losses (B,).
@@ -50,6 +56,9 @@ def ipo_loss(chosen, rejected, ref_chosen, ref_rejected, beta, label_smoothing=0
 
     A squared loss that pulls the log-ratio gap to a finite target instead of
     pushing it to infinity, so it does not overfit deterministic preferences.
+    By default the log-probs are averaged per token, which the IPO authors confirmed
+    their reported results use (see TRL's implementation); summed h makes the
+    target 1 / (2 beta) depend on the answers' lengths.
     """
     h = (chosen - ref_chosen) - (rejected - ref_rejected)
     return (h - 1 / (2 * beta)) ** 2
@@ -102,7 +111,7 @@ class PreferenceLoss:
 
 LOSSES: dict[str, PreferenceLoss] = {
     "sigmoid": PreferenceLoss(sigmoid_loss, reference_free=False, length_normalize=False),
-    "ipo": PreferenceLoss(ipo_loss, reference_free=False, length_normalize=False),
+    "ipo": PreferenceLoss(ipo_loss, reference_free=False, length_normalize=True),
     "hinge": PreferenceLoss(hinge_loss, reference_free=False, length_normalize=False),
     "simpo": PreferenceLoss(simpo_loss, reference_free=True, length_normalize=True),
     "orpo": PreferenceLoss(orpo_loss, reference_free=True, length_normalize=True),

@@ -173,7 +173,7 @@ def _saved_head(directory: Path, name: str) -> dict[str, torch.Tensor]:
     state = {}
     for file in sorted(directory.glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 if key.startswith(f"{name}."):
                     state[key[len(name) + 1 :]] = f.get_tensor(key)
     if not state:

@@ -301,7 +301,7 @@ def train(
         if not stopped_early:
             _save_weights(model, tokenizer, run.path, resolved.path)
         run.write_json("summary.json", summary)
-        run.finish(summary)  # trackers get the summary and close; report.html is written
+        run.finish(summary)  # report.html is written; trackers get the summary and close
     if stopped_early:
         _say(f"stopped at step {state.step} of {plan.total_steps}; continue with: whetstone train --resume {run.path}")
     else:

@@ -43,8 +43,15 @@ from whetstone.models.forward import unwrap
 from whetstone.train import distributed
 from whetstone.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from whetstone.train.device import autocast_context, resolve_device
-from whetstone.train.loop import StepCallback, StopSignal, _save_weights, _seed_everything, build_optimizer, \
-    lr_multiplier, peak_memory_mb
+from whetstone.train.loop import (
+    StepCallback,
+    StopSignal,
+    _save_weights,
+    _seed_everything,
+    build_optimizer,
+    lr_multiplier,
+    peak_memory_mb,
+)
 from whetstone.train.rewards import Reward, load_rewards, score_completions
 from whetstone.train.run_dir import RunDirectory
 
@@ -122,9 +129,9 @@ class Rollout:
     def completion_ids(self) -> torch.Tensor:
         return self.input_ids[:, self.n_prompt :]
 
-    def rows(self, index: torch.Tensor) -> "Rollout":
+    def rows(self, index: torch.Tensor) -> Rollout:
         """A minibatch of rollouts (tensors indexed along N; the Python lists are not needed there)."""
-        pick = lambda t: None if t is None else t[index]  # noqa: E731
+        pick = lambda t: None if t is None else t[index]
         return Rollout(self.input_ids[index], self.attention_mask[index], self.mask[index], self.n_prompt, [], [],
                        pick(self.scores), None, pick(self.old_logps), pick(self.ref_logps), pick(self.values),
                        pick(self.advantages), pick(self.returns))
@@ -164,6 +171,7 @@ def completion_forward(model, rollout: Rollout, temperature: float, value_head=N
     """Per-token (log-probs (N, L), entropies (N, L), values (N, L) or None) of the completions.
 
     Log-probs are of logits / temperature: the distribution the tokens were sampled from.
+    Everything is 0 after a completion's end, so no ratio taken there can overflow.
     """
     lm = unwrap(model)
     position_ids = (rollout.attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # as generate numbers left-padded rows
@@ -175,9 +183,9 @@ def completion_forward(model, rollout: Rollout, temperature: float, value_head=N
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     all_logps = torch.log_softmax(logits / temperature, dim=-1)
-    logps = all_logps.gather(-1, rollout.completion_ids[..., None]).squeeze(-1)  # (N, L)
-    entropy = -(all_logps.exp() * all_logps).sum(dim=-1)  # (N, L)
-    values = value_head(hidden).squeeze(-1).float() if value_head is not None else None  # (N, L)
+    logps = all_logps.gather(-1, rollout.completion_ids[..., None]).squeeze(-1) * rollout.mask  # (N, L)
+    entropy = -(all_logps.exp() * all_logps).sum(dim=-1) * rollout.mask  # (N, L)
+    values = value_head(hidden).squeeze(-1).float() * rollout.mask if value_head is not None else None  # (N, L)
     return logps, entropy, values
 
 
@@ -359,7 +367,7 @@ def train_online(config: RunConfig | None, run_dir=None, *, resume: bool = False
 
     before = evaluate() if eval_prompts and state.step == 0 else {}
     if before:
-        run.append_metrics({"step": 0, **{f"eval_{k}": v for k, v in before.items()}})
+        run.append_metrics({"step": 0, **{f"eval_{k}": round(v, 6) for k, v in before.items()}})
         print(f"before training: eval reward {before['reward']:.4f}", flush=True)
 
     # ---- fit -------------------------------------------------------------------
@@ -447,7 +455,7 @@ def train_online(config: RunConfig | None, run_dir=None, *, resume: bool = False
         "train_loss": rows[-1]["loss"] if rows else None,
         "eval_loss": None,  # online RL has no held-out loss; eval_reward is its held-out figure
         "eval_reward_before": first_eval.get("eval_reward"),
-        **{f"eval_{k}": v for k, v in last_eval.items()},
+        **{f"eval_{k}": round(v, 6) for k, v in last_eval.items()},
         "rounds": state.step,
         "total_rounds": total_rounds,
         "stopped_early": stopped_early,
@@ -485,32 +493,31 @@ def ppo_update(model, optimizer, scheduler, rollout: Rollout, obj, cfg, value_he
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, minibatch):
             chunk = order[start : start + minibatch]
-            # Token-level means over the whole minibatch (ppo), sequence-level means (grpo), split over micro-batches.
-            denominator = float(rollout.mask[chunk].sum()) if value_head is not None else len(chunk)
+            # ppo averages over the minibatch's tokens; grpo over each completion's tokens, then over completions.
+            # Per-token weights make either a plain weighted sum, so micro-batches add up to the minibatch.
+            completions_or_tokens = float(rollout.mask[chunk].sum()) if value_head is not None else len(chunk)
             for micro in chunk.split(cfg.batch_size):
                 part = rollout.rows(micro.to(rollout.input_ids.device))
+                weights = part.mask / completions_or_tokens  # (n, L)
+                if value_head is None:
+                    weights = weights / part.mask.sum(dim=1, keepdim=True).clamp(min=1)
                 with autocast():
                     logps, entropy, values = completion_forward(model, part, obj.temperature, value_head)
                 policy, clipped = clipped_policy_loss(logps, part.old_logps, part.advantages, obj.clip_range)
-                if value_head is not None:  # ppo: per-token sums over the minibatch's tokens
-                    value = clipped_value_loss(values, part.values, part.returns, obj.value_clip)
-                    terms = {"policy_loss": policy, "value_loss": value}
-                    loss_tokens = policy + obj.vf_coef * value
-                    reduce = lambda x: (x * part.mask).sum() / denominator  # noqa: E731
-                else:  # grpo: mean over each completion's tokens, then over completions
-                    terms = {"policy_loss": policy}
-                    loss_tokens = policy
-                    if part.ref_logps is not None and obj.kl_coef > 0:
-                        terms["kl_loss"] = k3_kl(logps, part.ref_logps)
-                        loss_tokens = policy + obj.kl_coef * terms["kl_loss"]
-                    lengths = part.mask.sum(dim=1).clamp(min=1)
-                    reduce = lambda x: ((x * part.mask).sum(dim=1) / lengths).sum() / denominator  # noqa: E731
-                loss = reduce(loss_tokens)
+                terms = {"policy_loss": policy}
+                loss_tokens = policy
+                if value_head is not None:
+                    terms["value_loss"] = clipped_value_loss(values, part.values, part.returns, obj.value_clip)
+                    loss_tokens = loss_tokens + obj.vf_coef * terms["value_loss"]
+                elif part.ref_logps is not None and obj.kl_coef > 0:
+                    terms["kl_loss"] = k3_kl(logps, part.ref_logps)
+                    loss_tokens = loss_tokens + obj.kl_coef * terms["kl_loss"]
+                loss = (loss_tokens * weights).sum()
                 loss.backward()
-                for key, value in {"loss": loss, "clipfrac": reduce(clipped), "entropy": reduce(entropy),
-                                   "approx_kl": reduce(0.5 * (logps - part.old_logps) ** 2),
-                                   **{k: reduce(v) for k, v in terms.items()}}.items():
-                    sums[key] = sums.get(key, 0.0) + float(value.detach())
+                terms.update(loss=loss_tokens, clipfrac=clipped, entropy=entropy,
+                             approx_kl=0.5 * (logps - part.old_logps) ** 2)
+                for key, per_token in terms.items():
+                    sums[key] = sums.get(key, 0.0) + float((per_token.detach() * weights).sum())
             if cfg.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], cfg.max_grad_norm)
             sums["lr_sum"] = sums.get("lr_sum", 0.0) + scheduler.get_last_lr()[0]

@@ -22,9 +22,9 @@ import importlib
 import importlib.util
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from whetstone.config import RewardSource
 from whetstone.data.records import Message

@@ -65,11 +65,11 @@ class RunDirectory:
         self._open_trackers().log(row)
 
     def finish(self, summary: dict) -> None:
-        """The run ended (summary.json is written): close the trackers and write report.html."""
+        """The run ended (summary.json is written): write report.html, then close the trackers."""
         from whetstone.report import write_report
 
+        write_report(self.path)  # first: it is local, and must not depend on a tracker's server
         self._open_trackers().finish(summary)
-        write_report(self.path)
 
     def _open_trackers(self, config: RunConfig | None = None):
         if self._trackers is None:

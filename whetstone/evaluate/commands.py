@@ -1,0 +1,243 @@
+"""The `whetstone eval`, `whetstone audit` and `whetstone compare` verbs: parse, call, print.
+
+Exit codes: 0 done, 1 `audit --strict` found memorization, 2 a usage error
+(raised as ``WhetstoneError``, which the CLI prints without a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from whetstone.config import EVAL_METRICS, read_yaml
+from whetstone.errors import WhetstoneError
+from whetstone.evaluate.fewshot import SELECTIONS
+
+DEFAULT_SHOTS = 3  # the ladder's K when --shots is not given
+
+
+def add_parsers(subparsers) -> None:
+    """Register `eval`, `audit` and `compare`."""
+    p = subparsers.add_parser(
+        "eval", help="metrics, few-shot baselines, the ladder and the forgetting probe",
+        description="Evaluate a model (or a run) on a data file: loss and perplexity, generation metrics, label "
+        "accuracy and macro-F1, per task. --ladder compares zero-shot, K-shot and the tuned run; --forgetting "
+        "measures general ability before and after tuning.")
+    _add_model_args(p)
+    p.add_argument("--data", metavar="FILE", help="records to evaluate (default: the run's data.eval, except with "
+                   "--forgetting alone)")
+    p.add_argument("--metrics", nargs="+", metavar="M", default=list(EVAL_METRICS),
+                   help=f"any of {', '.join(EVAL_METRICS)} (default: all that apply to the records)")
+    p.add_argument("--limit", type=int, metavar="N", help="evaluate the first N records")
+    p.add_argument("--shots", type=int, metavar="K", help=f"put K solved examples in each prompt (ladder default "
+                   f"{DEFAULT_SHOTS})")
+    p.add_argument("--shots-from", metavar="FILE", help="where the solved examples come from (default: the run's "
+                   "data.train)")
+    p.add_argument("--shot-selection", choices=SELECTIONS, default="random",
+                   help="random (seeded) or similar (TF-IDF cosine to the question)")
+    p.add_argument("--ladder", action="store_true", help="zero-shot, K-shot and tuned on the same examples")
+    p.add_argument("--forgetting", action="store_true", help="run the general-ability probe on base and tuned")
+    p.add_argument("--probe", action="append", default=[], metavar="FILE",
+                   help="your own probe file (text and/or chat records) instead of examples/general_probe")
+    p.add_argument("--max-length", type=int, default=1024, metavar="N", help="tokens per example for the loss")
+    p.add_argument("--answers", metavar="FILE", help="write each record's answer and reference to FILE (JSONL)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=run_eval)
+
+    p = subparsers.add_parser(
+        "audit", help="memorization: training-data extraction and canary exposure, against the base model",
+        description="Prompt the tuned model with training prompts and count reproduced completions; rank planted "
+        "canaries (data.canaries) among random alternatives. Exit 0, or 1 with --strict when it memorizes.")
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="the run directory to audit")
+    p.add_argument("--n", type=int, default=200, help="training prompts to try (default 200)")
+    p.add_argument("--threshold", type=float, default=0.8,
+                   help="similarity from which an answer is near-verbatim (default 0.8)")
+    p.add_argument("--alternatives", type=int, default=1000, help="random secrets each canary is ranked among")
+    p.add_argument("--data", metavar="FILE", help="training data to prompt with (default: the run's data.train)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--strict", action="store_true", help="exit 1 when the tuned model memorizes")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=run_audit)
+
+    p = subparsers.add_parser("compare", help="base and tuned answers side by side, scored per example")
+    _add_model_args(p)
+    p.add_argument("--data", metavar="FILE", help="question/answer records (default: the run's data.eval)")
+    p.add_argument("--n", type=int, default=10, help="examples to show (default 10)")
+    p.add_argument("--metric", default="rougeL", help="per-example score: rougeL, rouge1, rouge2, chrf, bleu, "
+                   "exact_match")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.set_defaults(func=run_compare)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="base model (default: the embedded smollm2-135m-instruct)")
+    p.add_argument("--adapter", default=None, help="a PEFT adapter directory (a run's adapter/)")
+    p.add_argument("--run", default=None, metavar="RUN_DIR", help="a run: its base model plus its adapter or model")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="longest generated answer (default 128)")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts generated together (default 16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise WhetstoneError(f"--{name}: got {value}; must be a positive integer.")
+
+
+def _run_data(run: str | None, key: str, flag: str) -> str:
+    """The run's data.eval or data.train, for when --data / --shots-from is left out."""
+    if run is None:
+        raise WhetstoneError(f"{flag} is required without --run (a run knows its own data).")
+    if not (Path(run) / "config.yaml").is_file():
+        raise WhetstoneError(f"--run {run}: not a run directory (no config.yaml).")
+    value = (read_yaml(Path(run) / "config.yaml").get("data") or {}).get(key)
+    if isinstance(value, list):  # a list of sources: the first one's path
+        value = value[0].get("path") if value and isinstance(value[0], dict) else None
+    if not value:
+        raise WhetstoneError(f"--run {run}: its config has no data.{key}; pass {flag} FILE.")
+    return value
+
+
+def _device(name: str) -> str:
+    from whetstone.train.device import resolve_device
+
+    return str(resolve_device(name))
+
+
+def _records(path: str, limit: int | None = None):
+    from whetstone.data.formats import load_records
+    from whetstone.evaluate.harness import limit_records
+
+    return limit_records(load_records(path).records, limit)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from whetstone.evaluate.harness import EvalOptions, check_metrics, evaluate
+    from whetstone.evaluate.pair import ModelPair
+    from whetstone.models.inference import load_for_inference
+
+    for name in ("limit", "max_new_tokens", "batch_size", "max_length"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    if args.shots is not None and args.shots < 0:
+        raise WhetstoneError(f"--shots: got {args.shots}; give a number of solved examples, e.g. 3.")
+    if args.probe and not args.forgetting:
+        raise WhetstoneError("--probe names the forgetting probe; add --forgetting.")
+    if (args.ladder or args.forgetting) and args.run is None and args.adapter is None:
+        raise WhetstoneError("--ladder and --forgetting compare the base model with a fine-tuned one; pass --run "
+                             "RUN_DIR, or --model M --adapter DIR.")
+    metrics = check_metrics(args.metrics)
+    options = EvalOptions(metrics, args.max_new_tokens, args.batch_size, args.max_length)
+    # --forgetting alone runs only the probe; otherwise the data defaults to the run's data.eval.
+    data = args.data or (None if args.forgetting and not args.ladder else _run_data(args.run, "eval", "--data"))
+    records = _records(data, args.limit) if data else []
+    shots_k = args.shots if args.shots is not None else (DEFAULT_SHOTS if args.ladder else 0)
+    if args.ladder and shots_k == 0:
+        raise WhetstoneError("--ladder --shots 0 would run zero-shot twice; give K >= 1 solved examples, e.g. 3.")
+    pool = _records(args.shots_from or _run_data(args.run, "train", "--shots-from")) if shots_k else []
+    probe = None
+    if args.forgetting:
+        from whetstone.evaluate.forgetting import load_probe, measure_forgetting
+
+        probe = load_probe(args.probe)  # before any model loads: a bad probe file fails at once
+    device = _device(args.device)
+    report: dict = {"data": data}
+    answers = None
+
+    if args.ladder or args.forgetting:
+        pair = ModelPair.load(args.model, args.adapter, args.run, device)
+        model, tokenizer, who = pair.tuned, pair.tokenizer, pair.description
+    else:
+        model, tokenizer = load_for_inference(args.model, args.adapter, args.run, device=device)
+        who = args.run or (f"{args.model or 'smollm2-135m-instruct'}" + (f" + {args.adapter}" if args.adapter else ""))
+    report["model"] = who
+    lines = []
+
+    if args.ladder:
+        from whetstone.evaluate.ladder import ladder_dict, render_ladder, run_ladder, task_metric
+
+        rungs = run_ladder(pair, records, pool, shots_k, args.shot_selection, args.seed, options)
+        metric = task_metric(metrics, rungs)
+        report["ladder"] = ladder_dict(rungs, metric)
+        source = args.shots_from or "data.train"
+        lines.append(f"ladder: {who} on {data}, {len(records)} records, shots from {source} "
+                     f"({args.shot_selection}, seed {args.seed})")
+        lines.append(render_ladder(rungs, metric))
+        answers = rungs[-1].result
+    elif records:
+        shots = None
+        if shots_k:
+            from whetstone.evaluate.fewshot import shots_for_records
+
+            shots = shots_for_records(records, pool, shots_k, args.shot_selection, args.seed)
+        result = evaluate(model, tokenizer, records, options, shots)
+        report["eval"] = result.to_dict()
+        lines += [f"eval: {who} on {data}: {len(records)} records" + (f", {shots_k}-shot" if shots_k else ""),
+                  render_result(result, options)]
+        answers = result
+    if args.answers and answers is not None:
+        rows = [{"origin": r.origin, "answer": a, "reference": ref}
+                for r, a, ref in zip(records, answers.answers, answers.references)]
+        Path(args.answers).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+    if probe is not None:
+        forgetting = measure_forgetting(pair, probe, args.batch_size)
+        report["forgetting"] = forgetting.to_dict()
+        lines.append(forgetting.sentence())
+    print(json.dumps(report, indent=1, ensure_ascii=False) if args.json else "\n".join(lines))
+    return 0
+
+
+def render_result(result, options) -> str:
+    """The metrics of one evaluation, a few per line, then the per-task table."""
+    m = result.metrics
+    lines = []
+    if "loss" in m:
+        lines.append(f"  loss {m['loss']:.4f}  perplexity {m['perplexity']:.2f}  "
+                     f"({result.counts.get('loss_tokens', 0):,} answer tokens)")
+    scores = [f"{k} {m[k]:.2f}" if k in ("chrf", "bleu") else f"{k} {m[k]:.3f}"
+              for k in ("exact_match", "chrf", "bleu", "rouge1", "rouge2", "rougeL", "accuracy", "macro_f1") if k in m]
+    if scores:
+        lines.append("  " + "  ".join(scores))
+    if result.generated:
+        lines.append(f"  generated {result.generated} answers in {result.generation_s:.1f} s: "
+                     f"{result.examples_per_s:.2f} examples/s (batch {options.batch_size}, up to "
+                     f"{options.max_new_tokens} new tokens)")
+    if len(result.per_task) > 1:
+        keys = [k for k in ("loss", "exact_match", "chrf", "bleu", "rougeL", "accuracy", "macro_f1")
+                if any(k in t for t in result.per_task.values())]
+        lines.append("  per task: " + "  ".join(keys))
+        for task, values in result.per_task.items():
+            cells = "  ".join(f"{values[k]:.3f}" if k in values else "-" for k in keys)
+            lines.append(f"    {task}: {cells}")
+    return "\n".join(lines)
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from whetstone.evaluate.audit import audit_run
+
+    for name in ("n", "alternatives", "max_new_tokens", "batch_size"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    report = audit_run(args.run, args.n, args.threshold, args.alternatives, args.max_new_tokens, args.batch_size,
+                       args.seed, args.data, _device(args.device))
+    print(json.dumps(report.to_dict(), indent=1, ensure_ascii=False) if args.json else report.verdict())
+    return 1 if args.strict and report.memorizes else 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from whetstone.evaluate.compare import PER_EXAMPLE, compare_answers, render_comparison
+    from whetstone.evaluate.pair import ModelPair
+
+    for name in ("n", "max_new_tokens", "batch_size"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    if args.metric not in PER_EXAMPLE:
+        raise WhetstoneError(f"--metric: got {args.metric!r}; choose one of {', '.join(PER_EXAMPLE)}.")
+    data = args.data or _run_data(args.run, "eval", "--data")
+    records = _records(data)
+    pair = ModelPair.load(args.model, args.adapter, args.run, _device(args.device))
+    rows = compare_answers(pair, records, args.n, args.metric, args.max_new_tokens, args.batch_size)
+    print(json.dumps(rows, indent=1, ensure_ascii=False) if args.json else render_comparison(rows, args.metric))
+    return 0

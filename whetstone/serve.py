@@ -1,0 +1,586 @@
+"""`whetstone serve`: a local OpenAI-compatible HTTP server for a base model and its adapters.
+
+    POST /v1/chat/completions   messages -> the chat template -> tokens; "stream": true sends SSE chunks
+    POST /v1/completions        a raw prompt, no template
+    GET  /v1/models             the base model's id and every adapter's name
+    GET  /health                no auth; for scripts waiting on start-up
+
+The request's `model` field picks the weights: the base model's id, or an adapter
+name. All adapters sit on one PeftModel over one copy of the base, so N adapters cost
+N small weight files, and switching is `set_adapter` (no reload).
+
+Safety: it binds 127.0.0.1 unless told otherwise; an API key can be required
+(`Authorization: Bearer KEY`); every request is bounded in body size, in tokens and
+in time. A bad request gets a 4xx with an OpenAI-style JSON error, and no request can
+take the server down: each one runs in its own thread inside a catch-all.
+
+One generation runs at a time (a lock around the model): on CPU a second one in
+parallel would only halve the speed of both. A request waits for the lock at most
+its timeout, then gets 503.
+"""
+
+from __future__ import annotations
+
+import hmac
+import inspect
+import json
+import sys
+import threading
+import time
+import traceback
+import uuid
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterator
+
+import torch
+
+from whetstone.errors import WhetstoneError
+
+ROLES = ("system", "developer", "user", "assistant")
+
+
+@dataclass
+class ServeLimits:
+    max_tokens: int = 512
+    """Most new tokens one request may ask for (and the default when it does not say)."""
+    max_body_bytes: int = 1 << 20
+    """Largest request body accepted (413 above it)."""
+    timeout_s: float = 60.0
+    """Wall-clock budget of one request: waiting for the model plus generating (503/504 past it)."""
+
+
+class RequestError(Exception):
+    """A client mistake: answered with `status` and an OpenAI-style error body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind = status, message, param, kind
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}}
+
+
+# ---------------------------------------------------------------------------
+# The engine: one model, named adapters, token-by-token generation.
+
+
+@dataclass
+class Generation:
+    """What one request produced, filled in while it streams."""
+
+    prompt_tokens: int
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    text: str = ""
+    started: float = field(default_factory=time.perf_counter)
+
+
+class Engine:
+    def __init__(self, model_spec: str, adapters: dict[str, str] | None = None, device: str = "cpu"):
+        from whetstone.config import ModelConfig
+        from whetstone.models.load import load_model, load_tokenizer
+
+        self.base_id = model_spec
+        self.tokenizer = load_tokenizer(ModelConfig(name=model_spec))
+        model, _ = load_model(ModelConfig(name=model_spec), device=device)
+        self.adapters = dict(adapters or {})
+        if self.base_id in self.adapters:
+            raise WhetstoneError(f"--adapter {self.base_id}: an adapter cannot share the base model's id.")
+        if self.adapters:
+            from peft import PeftModel
+
+            names = list(self.adapters)
+            model = PeftModel.from_pretrained(model, self.adapters[names[0]], adapter_name=names[0])
+            for name in names[1:]:
+                model.load_adapter(self.adapters[name], adapter_name=name)
+        self.model = model.eval()
+        # transformers 5 renamed the KV-cache argument; this file is where that quirk lives.
+        forward = self.model.get_base_model().forward if self.adapters else self.model.forward
+        params = inspect.signature(forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.context_length = getattr(self.model.config, "max_position_embeddings", None) or 2048
+        self.stop_ids = {self.tokenizer.eos_token_id}
+        self.lock = threading.Lock()
+
+    @property
+    def model_ids(self) -> list[str]:
+        return [self.base_id, *self.adapters]
+
+    def _weights(self, model_id: str):
+        """A context in which self.model computes with `model_id`'s weights."""
+        if not self.adapters:
+            return nullcontext()
+        if model_id == self.base_id:
+            return self.model.disable_adapter()
+        self.model.set_adapter(model_id)
+        return nullcontext()
+
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        from whetstone.data.render import render_prompt
+
+        text = render_prompt(self.tokenizer, messages)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def text_prompt(self, prompt: str) -> list[int]:
+        return self.tokenizer(prompt)["input_ids"]
+
+    @torch.no_grad()
+    def stream(self, model_id: str, prompt_ids: list[int], max_tokens: int, temperature: float, top_p: float,
+               stop: list[str], seed: int | None, deadline: float, result: Generation) -> Iterator[str]:
+        """Yield text deltas; fill `result`. The caller holds self.lock.
+
+        Each step feeds one token and reuses the KV cache: O(T) work per token
+        instead of re-running the whole prefix.
+        """
+        generator = torch.Generator().manual_seed(seed if seed is not None else int(time.time_ns() % 2**31))
+        device = next(self.model.parameters()).device
+        ids: list[int] = []
+        sent = ""
+        with self._weights(model_id):
+            from transformers import DynamicCache
+
+            cache = DynamicCache(config=self.model.config)  # filled in place by each forward
+            step_input = torch.tensor([prompt_ids], device=device)  # (1, T) first, then (1, 1)
+            for _ in range(max_tokens):
+                if time.monotonic() > deadline:
+                    raise RequestError(504, f"the request ran past the server's timeout after {len(ids)} tokens; "
+                                            f"ask for fewer max_tokens.", kind="timeout")
+                # logits_to_keep=1: the prompt's other positions need no (T, V) projection.
+                out = self.model(input_ids=step_input, use_cache=True, logits_to_keep=1, **{self._cache_arg: cache})
+                next_id = _choose(out.logits[0, -1].float(), temperature, top_p, generator)  # logits (V,)
+                if next_id in self.stop_ids:
+                    result.finish_reason = "stop"
+                    break
+                ids.append(next_id)
+                result.completion_tokens = len(ids)
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                cut = _stop_at(text, stop)
+                if cut is not None:
+                    text, result.finish_reason = text[:cut], "stop"
+                # Hold back an unfinished UTF-8 character and any tail that may grow into a stop string.
+                ready = len(text) if cut is not None else _safe_length(text, stop)
+                if ready > len(sent):
+                    delta, sent = text[len(sent) : ready], text[:ready]
+                    yield delta
+                if cut is not None:
+                    break
+                step_input = torch.tensor([[next_id]], device=device)
+            else:
+                result.finish_reason = "length"
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        cut = _stop_at(text, stop)
+        text = text[:cut] if cut is not None else text
+        if len(text) > len(sent) and text.startswith(sent):
+            yield text[len(sent) :]
+        result.text = text
+
+
+def _choose(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """Greedy at temperature 0; else sample from the top-p nucleus of softmax(logits / T)."""
+    if temperature == 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, dim=-1)  # (V,)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(0) - sorted_probs < top_p  # always keeps the most likely token
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _stop_at(text: str, stop: list[str]) -> int | None:
+    hits = [text.find(s) for s in stop if s and s in text]
+    return min(hits) if hits else None
+
+
+def _safe_length(text: str, stop: list[str]) -> int:
+    """How much of `text` can be sent: not a trailing replacement char, not a partial stop string."""
+    end = len(text)
+    while end and text[end - 1] == "\ufffd":
+        end -= 1
+    for s in stop:
+        for k in range(min(len(s) - 1, end), 0, -1):
+            if text[:end].endswith(s[:k]):
+                end -= k
+                break
+    return end
+
+
+# ---------------------------------------------------------------------------
+# Request bodies: parse and check every field, so a bad one is a 400, not a crash.
+
+
+def _get(body: dict, key: str, kinds: tuple, default=None, *, required: bool = False):
+    if key not in body or body[key] is None:
+        if required:
+            raise RequestError(400, f"'{key}' is required.", key)
+        return default
+    value = body[key]
+    if isinstance(value, bool) and bool not in kinds:
+        raise RequestError(400, f"'{key}' must be {_kind_names(kinds)}, got a boolean.", key)
+    if not isinstance(value, kinds):
+        raise RequestError(400, f"'{key}' must be {_kind_names(kinds)}, got {type(value).__name__}.", key)
+    return value
+
+
+def _kind_names(kinds: tuple) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "a list",
+             dict: "an object"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+@dataclass
+class Sampling:
+    model: str
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stop: list[str]
+    seed: int | None
+    stream: bool
+
+
+def parse_sampling(body: dict, engine: Engine, limits: ServeLimits) -> Sampling:
+    model = _get(body, "model", (str,), required=True)
+    if model not in engine.model_ids:
+        raise RequestError(404, f"model {model!r} is not served here; choose one of {engine.model_ids}.", "model",
+                           kind="model_not_found")
+    max_tokens = _get(body, "max_completion_tokens", (int,)) or _get(body, "max_tokens", (int,), limits.max_tokens)
+    if not 1 <= max_tokens <= limits.max_tokens:
+        raise RequestError(400, f"max_tokens must be between 1 and {limits.max_tokens} (the server's limit), got "
+                                f"{max_tokens}.", "max_tokens")
+    temperature = float(_get(body, "temperature", (int, float), 1.0))
+    if not 0.0 <= temperature <= 2.0:
+        raise RequestError(400, f"temperature must be in [0, 2], got {temperature}.", "temperature")
+    top_p = float(_get(body, "top_p", (int, float), 1.0))
+    if not 0.0 < top_p <= 1.0:
+        raise RequestError(400, f"top_p must be in (0, 1], got {top_p}.", "top_p")
+    stop = _get(body, "stop", (str, list), [])
+    stop = [stop] if isinstance(stop, str) else stop
+    if len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
+        raise RequestError(400, "stop must be a non-empty string or a list of up to 4 of them.", "stop")
+    n = _get(body, "n", (int,), 1)
+    if n != 1:
+        raise RequestError(400, f"n={n}: this server returns one choice per request.", "n")
+    return Sampling(model, max_tokens, temperature, top_p, stop, _get(body, "seed", (int,)),
+                    bool(_get(body, "stream", (bool,), False)))
+
+
+def parse_messages(body: dict) -> list[dict]:
+    messages = _get(body, "messages", (list,), required=True)
+    if not messages:
+        raise RequestError(400, "'messages' must hold at least one message.", "messages")
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise RequestError(400, f"messages[{i}] must be an object with 'role' and 'content'.", f"messages[{i}]")
+        role = message.get("role")
+        if role not in ROLES:
+            raise RequestError(400, f"messages[{i}].role must be one of {list(ROLES)}, got {role!r}.",
+                               f"messages[{i}].role")
+        content = message.get("content")
+        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise RequestError(400, f"messages[{i}].content: only text parts are supported.",
+                                   f"messages[{i}].content")
+            content = "".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise RequestError(400, f"messages[{i}].content must be a string.", f"messages[{i}].content")
+        out.append({"role": "system" if role == "developer" else role, "content": content})
+    return out
+
+
+def parse_prompt(body: dict) -> str:
+    prompt = _get(body, "prompt", (str, list), required=True)
+    if isinstance(prompt, list):
+        if len(prompt) != 1 or not isinstance(prompt[0], str):
+            raise RequestError(400, "'prompt' must be a string (or a list of exactly one string).", "prompt")
+        prompt = prompt[0]
+    return prompt
+
+
+# ---------------------------------------------------------------------------
+# HTTP.
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True  # a stuck client never keeps the process alive on shutdown
+
+    def __init__(self, address, engine: Engine, limits: ServeLimits, api_key: str | None, log: bool = True):
+        self.engine, self.limits, self.api_key, self.log = engine, limits, api_key, log
+        super().__init__(address, Handler)
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Server
+    protocol_version = "HTTP/1.1"  # keep-alive between requests; streams close the connection
+    server_version = "whetstone"
+
+    def setup(self) -> None:
+        self.timeout = self.server.limits.timeout_s  # a client that stalls mid-request is dropped
+        super().setup()
+
+    def log_message(self, format: str, *args) -> None:
+        if self.server.log:
+            sys.stderr.write(f"{self.address_string()} {format % args}\n")
+
+    # ---- routing ---------------------------------------------------------------------
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+    def do_DELETE(self) -> None:
+        self._handle("DELETE")
+
+    def do_PATCH(self) -> None:
+        self._handle("PATCH")
+
+    def _handle(self, method: str) -> None:
+        try:
+            path = self.path.split("?", 1)[0].rstrip("/")
+            routes = {"/v1/chat/completions": ("POST", self._chat), "/v1/completions": ("POST", self._completion),
+                      "/v1/models": ("GET", self._models), "/health": ("GET", self._health)}
+            if path.startswith("/v1/models/"):
+                routes[path] = ("GET", lambda: self._model(path[len("/v1/models/"):]))
+            if path not in routes:
+                self._drain()
+                raise RequestError(404, f"no route {path!r}; this server has {sorted(routes)}.", kind="not_found")
+            want, handler = routes[path]
+            if method != want:
+                self._drain()
+                raise RequestError(405, f"{path} takes {want}, not {method}.", kind="method_not_allowed")
+            if path != "/health":
+                self._authorize()
+            handler()
+        except RequestError as exc:
+            self._send_json(exc.status, exc.body())
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True  # the client left; nothing to answer
+        except Exception as exc:  # a bug must cost one request, never the server
+            traceback.print_exc(file=sys.stderr)
+            try:
+                self._send_json(500, RequestError(500, f"internal error: {type(exc).__name__}: {exc}",
+                                                  kind="server_error").body())
+            except OSError:
+                self.close_connection = True
+
+    def _authorize(self) -> None:
+        key = self.server.api_key
+        if not key:
+            return
+        given = self.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            self._drain()
+            raise RequestError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'.",
+                               kind="authentication_error")
+
+    # ---- bodies ----------------------------------------------------------------------
+    def _drain(self) -> None:
+        """Read a small body we will not use, so keep-alive stays in sync; else close."""
+        length = self.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) <= self.server.limits.max_body_bytes:
+            self.rfile.read(int(length))
+        elif length or self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+
+    def _read_json(self) -> dict:
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            raise RequestError(411, "chunked bodies are not accepted; send Content-Length.")
+        length = self.headers.get("Content-Length")
+        if length is None or not length.strip().isdigit():
+            self.close_connection = True
+            raise RequestError(411, "a POST needs a Content-Length header.")
+        size = int(length)
+        if size > self.server.limits.max_body_bytes:
+            self.close_connection = True  # the unread body would be parsed as the next request
+            raise RequestError(413, f"the body is {size} bytes; this server accepts at most "
+                                    f"{self.server.limits.max_body_bytes}.", kind="request_too_large")
+        raw = self.rfile.read(size)
+        if len(raw) != size:
+            self.close_connection = True
+            raise RequestError(400, f"the body ended after {len(raw)} of {size} bytes.")
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RequestError(400, f"the body is not valid UTF-8 JSON ({exc}).") from None
+        if not isinstance(body, dict):
+            raise RequestError(400, f"the body must be a JSON object, got {type(body).__name__}.")
+        return body
+
+    def _send_json(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    # ---- endpoints -------------------------------------------------------------------
+    def _health(self) -> None:
+        self._send_json(200, {"status": "ok", "models": self.server.engine.model_ids})
+
+    def _model_card(self, model_id: str) -> dict:
+        card = {"id": model_id, "object": "model", "created": 0, "owned_by": "whetstone"}
+        if model_id != self.server.engine.base_id:
+            card["parent"] = self.server.engine.base_id
+        return card
+
+    def _models(self) -> None:
+        self._send_json(200, {"object": "list", "data": [self._model_card(m) for m in self.server.engine.model_ids]})
+
+    def _model(self, model_id: str) -> None:
+        if model_id not in self.server.engine.model_ids:
+            raise RequestError(404, f"model {model_id!r} is not served here.", kind="model_not_found")
+        self._send_json(200, self._model_card(model_id))
+
+    def _chat(self) -> None:
+        body = self._read_json()
+        sampling = parse_sampling(body, self.server.engine, self.server.limits)
+        messages = parse_messages(body)
+        try:
+            prompt_ids = self.server.engine.chat_prompt(messages)
+        except WhetstoneError as exc:
+            raise RequestError(400, str(exc), "messages") from None
+        self._generate(sampling, prompt_ids, chat=True)
+
+    def _completion(self) -> None:
+        body = self._read_json()
+        sampling = parse_sampling(body, self.server.engine, self.server.limits)
+        if body.get("echo") or body.get("logprobs") or (body.get("best_of") or 1) != 1:
+            raise RequestError(400, "echo, logprobs and best_of are not supported.")
+        self._generate(sampling, self.server.engine.text_prompt(parse_prompt(body)), chat=False)
+
+    def _generate(self, sampling: Sampling, prompt_ids: list[int], chat: bool) -> None:
+        engine, limits = self.server.engine, self.server.limits
+        if len(prompt_ids) + sampling.max_tokens > engine.context_length:
+            raise RequestError(400, f"the prompt has {len(prompt_ids)} tokens; with max_tokens={sampling.max_tokens} "
+                                    f"it exceeds the model's context of {engine.context_length}.", "max_tokens")
+        deadline = time.monotonic() + limits.timeout_s
+        if not engine.lock.acquire(timeout=limits.timeout_s):
+            raise RequestError(503, "the server is busy with other requests; try again.", kind="server_busy")
+        result = Generation(prompt_tokens=len(prompt_ids))
+        deltas = engine.stream(sampling.model, prompt_ids, sampling.max_tokens, sampling.temperature,
+                               sampling.top_p, sampling.stop, sampling.seed, deadline, result)
+        ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        try:
+            if sampling.stream:
+                self._stream(ident, sampling.model, deltas, result, chat)
+            else:
+                for _ in deltas:
+                    pass
+                self._send_json(200, _final_body(ident, sampling.model, result, chat))
+        finally:
+            deltas.close()  # leave the adapter context (a client may have left mid-stream) before unlocking
+            engine.lock.release()
+
+    def _stream(self, ident: str, model: str, deltas: Iterator[str], result: Generation, chat: bool) -> None:
+        self.close_connection = True  # the stream ends when the connection does
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        created = int(time.time())
+
+        def event(payload: dict) -> None:
+            self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
+            self.wfile.flush()
+
+        def chunk(delta: str | None, finish: str | None, first: bool = False) -> dict:
+            if chat:
+                content = {"role": "assistant", "content": ""} if first else ({"content": delta} if delta else {})
+                choice = {"index": 0, "delta": content, "finish_reason": finish}
+                return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
+                        "choices": [choice]}
+            return {"id": ident, "object": "text_completion", "created": created, "model": model,
+                    "choices": [{"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}]}
+
+        if chat:
+            event(chunk(None, None, first=True))
+        try:
+            for delta in deltas:
+                event(chunk(delta, None))
+        except RequestError as exc:  # the timeout, after the headers went out: say so in the stream
+            event(exc.body())
+        else:
+            final = chunk(None, result.finish_reason)
+            final["usage"] = _usage(result)
+            event(final)
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+
+def _usage(result: Generation) -> dict:
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens}
+
+
+def _final_body(ident: str, model: str, result: Generation, chat: bool) -> dict:
+    if chat:
+        choice = {"index": 0, "message": {"role": "assistant", "content": result.text},
+                  "finish_reason": result.finish_reason, "logprobs": None}
+        kind = "chat.completion"
+    else:
+        choice = {"index": 0, "text": result.text, "logprobs": None, "finish_reason": result.finish_reason}
+        kind = "text_completion"
+    return {"id": ident, "object": kind, "created": int(time.time()), "model": model, "choices": [choice],
+            "usage": _usage(result)}
+
+
+# ---------------------------------------------------------------------------
+# Start-up.
+
+
+def adapter_paths(specs: list[str], model: str | None) -> tuple[str, dict[str, str]]:
+    """(base model, {adapter name: directory}) for `--model M --adapter SPEC ...`.
+
+    SPEC is a library name, or NAME=DIR for an adapter or run directory.
+    """
+    from whetstone.adapters import resolve_adapter
+
+    adapters: dict[str, str] = {}
+    for spec in specs:
+        name, _, where = spec.partition("=") if "=" in spec else (spec, "", spec)
+        if name in adapters:
+            raise WhetstoneError(f"--adapter {spec}: the name {name!r} is given twice.")
+        path, base = resolve_adapter(where, model)
+        if model is None:
+            model = base
+        adapters[name] = path
+    from whetstone.config import EMBEDDED_MODEL
+
+    return model or EMBEDDED_MODEL, adapters
+
+
+def check_adapter_tokenizers(engine: Engine) -> None:
+    """Every adapter must have been trained with the tokenizer and template the server uses."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from whetstone.export.consistency import check_consistency
+
+    for name, path in engine.adapters.items():
+        if not (Path(path) / "tokenizer_config.json").is_file():
+            continue
+        trained = AutoTokenizer.from_pretrained(path)
+        check_consistency(trained, engine.tokenizer, sorted(engine.stop_ids), f"serve --adapter {name}")
+
+
+def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+                limits: ServeLimits | None = None, log: bool = True) -> Server:
+    try:
+        return Server((host, port), engine, limits or ServeLimits(), api_key, log)
+    except OSError as exc:
+        raise WhetstoneError(f"serve: cannot listen on {host}:{port} ({exc.strerror}); choose another --port or "
+                             f"--host.") from None
