@@ -292,14 +292,14 @@ def train(
     bar.close()
 
     # ---- save ------------------------------------------------------------------
-    # End-of-training metrics, forgetting probe and canaries, as far as config.eval and data.canaries ask.
+    # Weights first: a failure in the end-of-training evaluation must not cost the trained model.
     final = {}
-    if not stopped_early and distributed.is_main():
+    if distributed.is_main() and not stopped_early:
+        _save_weights(model, tokenizer, run.path, resolved.path)
+        # End-of-training metrics, forgetting probe and canaries, as far as config.eval and data.canaries ask.
         final = final_evaluation(model, tokenizer, config, run.path, eval_records)
     summary = _summary(config, run, state, plan, data_stats, trainable, total, device, t_start, stopped_early) | final
     if distributed.is_main():
-        if not stopped_early:
-            _save_weights(model, tokenizer, run.path, resolved.path)
         run.write_json("summary.json", summary)
         run.finish(summary)  # report.html is written; trackers get the summary and close
     if stopped_early:
