@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import random
+import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from whetstone.data import dedup
 from whetstone.data.dedup import (
@@ -142,9 +145,44 @@ def test_threshold_must_be_a_fraction(threshold):
         NearDuplicateIndex(threshold)
 
 
-def test_word_hash_cache_is_bounded(monkeypatch):
-    monkeypatch.setattr(dedup._WordHashes, "limit", 10)
-    cache = dedup._WordHashes()
-    for i in range(25):
-        cache[f"w{i}"]
-    assert len(cache) <= 10
+TRICKY_TEXTS = [
+    "Hello, World!  hello\tworld\n",
+    "Ünïcödé wörds\u00a0and\u2003odd\u3000spaces, café",
+    "a" * 40 + " " + "b" * 33 + " c",  # words past the vectorised length go through zlib
+    "...,,,;;;",  # no words at all
+    "x",
+    "中文没有空格 mixed 中文",
+    "surrogate \ud800 half",
+]
+
+
+def assert_word_hashes_match_zlib(texts: list[str]) -> None:
+    """The batched numpy CRC equals zlib.crc32 of every word that words_of finds."""
+    hashes, counts = dedup.word_hashes(texts)
+    expected = [zlib.crc32(w.encode("utf-8", "surrogatepass")) for t in texts for w in dedup.words_of(t)]
+    assert counts.tolist() == [len(dedup.words_of(t)) for t in texts]
+    assert hashes.tolist() == expected
+
+
+def test_batched_word_hashes_on_tricky_texts():
+    assert_word_hashes_match_zlib(TRICKY_TEXTS)
+
+
+@given(st.lists(st.text(max_size=60), min_size=1, max_size=8))
+@settings(max_examples=300, deadline=None)
+def test_batched_word_hashes_equal_zlib_of_each_word(texts):
+    assert_word_hashes_match_zlib(texts)
+
+
+def test_signatures_do_not_depend_on_the_batch():
+    texts = [f"record {i} says " + " ".join(f"w{(i * j) % 97}" for j in range(i % 300 + 1)) for i in range(600)]
+    batched = NearDuplicateIndex()
+    for i, t in enumerate(texts):
+        batched.add(t, i)
+    batched._flush()
+    one_by_one = NearDuplicateIndex()
+    for i, t in enumerate(texts):
+        one_by_one.add(t, i)
+        one_by_one._flush()  # a batch of one text each time
+    rows = np.arange(len(texts))
+    assert np.array_equal(batched._signature_rows(rows), one_by_one._signature_rows(rows))
