@@ -1,4 +1,4 @@
-"""Export on the real embedded model (SmolLM2-135M): its 49k-token tokenizer, pad == EOS, and the smollm pre-tokenizer."""
+"""Export on the real embedded model (SmolLM2-135M): a 49k-token tokenizer, pad == EOS, the smollm pre-tokenizer."""
 
 import pytest
 import torch
@@ -36,7 +36,7 @@ def embedded_run(tmp_path_factory):
 
 def test_merged_and_gguf_of_the_embedded_model(embedded_run, tmp_path):
     merged = export_run(embedded_run, "merged", tmp_path / "merged")
-    assert merged.logit_delta <= merged.tolerance and merged.top1_agreement == 1.0
+    assert merged.logit_delta < 1e-4 and merged.top1_agreement == 1.0  # the issue's bound, absolute
     # SmolLM2's pad is its EOS; the export accepts that only because the masking was checked.
     assert any(c.startswith("pad == EOS '<|im_end|>' (id 2), accounted for") for c in merged.checks)
 

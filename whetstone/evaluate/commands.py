@@ -75,7 +75,7 @@ def add_parsers(subparsers) -> None:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="base model (default: the embedded smollm2-135m-instruct)")
-    p.add_argument("--adapter", default=None, help="a PEFT adapter directory (a run's adapter/)")
+    p.add_argument("--adapter", default=None, help="a PEFT adapter directory, a run directory, or a name in the adapter library")
     p.add_argument("--run", default=None, metavar="RUN_DIR", help="a run: its base model plus its adapter or model")
     p.add_argument("--max-new-tokens", type=int, default=128, help="longest generated answer (default 128)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts generated together (default 16)")

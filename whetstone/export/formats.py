@@ -335,11 +335,11 @@ def _measure(result: ExportResult, ref: torch.Tensor, got: torch.Tensor) -> None
     delta = float((got - ref).abs().max())
     result.logit_delta = delta
     result.top1_agreement = float((got.argmax(-1) == ref.argmax(-1)).float().mean())
-    # fp32: merging changes the order of the sums (W x + s B A x vs (W + s B A) x), which over 30 layers
-    # moves logits by about 1e-5 of their scale (1.2e-4 on the embedded model), so the bound scales with them.
+    # fp32: merging reorders the sums (W x + s B(A x) vs (W + s BA) x); with W' rounded once (merge_adapter)
+    # that stays under 1e-4 on the embedded model (7.7e-5 for the demo run, 7.2e-5 for a random adapter),
+    # where the fp32 reference itself is 9e-5 from the exact fp64 result.
     scale = float(ref.abs().max())
-    result.tolerance = (max(EXACT_TOLERANCE, 1e-5 * scale) if result.dtype == "f32"
-                        else LOSSY_RELATIVE_TOLERANCE * scale)
+    result.tolerance = EXACT_TOLERANCE if result.dtype == "f32" else LOSSY_RELATIVE_TOLERANCE * scale
     if delta > result.tolerance:
         raise WhetstoneError(
             f"export {result.format} {result.path}: the exported model's logits differ from base + adapter by "
