@@ -28,3 +28,20 @@ test: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The use-case recipes (configs/<name>.yaml, data built by examples/<name>/build.py). Each one scores
+# the base model zero-shot on the recipe's eval set (runs/<name>.base.json: the "before"), then
+# trains (runs/<name>/summary.json, final_eval: the "after"). The eval flags match the config's eval:.
+RECIPES := translation knowledge_base conversation summarization
+EVAL_translation := --metrics loss chrf bleu --max-new-tokens 48 --batch-size 25 --max-length 128
+EVAL_knowledge_base := --metrics loss rouge exact_match --max-new-tokens 96 --batch-size 30 --max-length 192
+EVAL_conversation := --metrics loss rouge --max-new-tokens 96 --batch-size 30 --max-length 320
+EVAL_summarization := --metrics loss rouge --max-new-tokens 32 --batch-size 30 --max-length 320
+
+.PHONY: recipes $(addprefix recipe-,$(RECIPES))
+recipes: $(addprefix recipe-,$(RECIPES))
+
+$(addprefix recipe-,$(RECIPES)): recipe-%: $(STAMP)
+	@mkdir -p runs
+	$(BIN)/whetstone eval --data examples/$*/eval.jsonl $(EVAL_$*) --json > runs/$*.base.json
+	$(BIN)/whetstone train configs/$*.yaml -o runs/$* --overwrite

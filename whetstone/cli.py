@@ -109,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     from whetstone.objectives.commands import add_parsers as add_score_parsers
 
     add_score_parsers(sub)  # score
+    from whetstone.label.commands import add_parsers as add_label_parsers
+
+    add_label_parsers(sub)  # label prepare | serve | stats | export
+    from whetstone.classify.commands import add_parsers as add_predict_parsers
+
+    add_predict_parsers(sub)  # predict
+    from whetstone.plan.commands import add_parsers as add_plan_parsers
+
+    add_plan_parsers(sub)  # plan
     return parser
 
 

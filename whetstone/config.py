@@ -67,7 +67,10 @@ class MethodConfig:
     train_modules: list[str] = field(default_factory=list)
     """freeze: extra trainable parameters, as glob patterns over parameter names (e.g. '*norm*')."""
     train_head: bool = False
-    """freeze: also train the output head (tied to the input embeddings in many models)."""
+    """freeze: also train the output head (tied to the input embeddings in many models). With objective classify the
+    head is the new classification head, which always trains; the LM head stays frozen."""
+    init_adapter: str | None = None
+    """lora: start from this saved PEFT adapter directory (and its r, alpha, targets) instead of from zero."""
 
     def validate(self) -> list[str]:
         problems = []
@@ -104,8 +107,9 @@ ONLINE_OBJECTIVES = ("ppo", "grpo")
 
 @dataclass
 class ObjectiveConfig:
-    name: Literal["sft", "reward", "dpo", "kto", "ppo", "grpo"] = "sft"
-    """Which loss: sft, reward (Bradley-Terry reward model), dpo (and its family, see `loss`), kto, ppo, grpo."""
+    name: Literal["sft", "classify", "reward", "dpo", "kto", "ppo", "grpo"] = "sft"
+    """Which loss: sft, classify (a new classification head), reward (Bradley-Terry reward model), dpo (and its
+    family, see `loss`), kto, ppo, grpo."""
     loss: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"] = "sigmoid"
     """dpo: sigmoid (DPO; cDPO with label_smoothing), ipo, hinge (SLiC); reference-free simpo, orpo."""
     beta: float = 0.1
@@ -125,6 +129,10 @@ class ObjectiveConfig:
     head: Literal["seq_cls", "value"] = "seq_cls"
     """reward: the scalar head, 'seq_cls' (a 1-label sequence-classification head, 'score') or 'value' (a value
     head 'v_head' with bias on the causal LM). Which weights train beside it is method: full, freeze or lora."""
+    labels: list[str] | None = None
+    """classify: the class names, in the order of the head's outputs; null takes the training data's labels, sorted."""
+    class_weights: list[float] | Literal["balanced"] | None = None
+    """classify: a loss weight per class (in `labels` order), or 'balanced' (n / (classes * count), as sklearn)."""
     reward: list[RewardSource] = field(default_factory=list)
     """ppo/grpo: the rewards, each {run: RM_RUN_DIR} or {function: 'module:function'}, with a weight; summed."""
     kl_coef: float = 0.05
@@ -177,10 +185,37 @@ class ObjectiveConfig:
         for key in ("desirable_weight", "undesirable_weight"):
             if getattr(self, key) <= 0:
                 problems.append(f"objective.{key}: got {getattr(self, key)}; must be positive.")
+        problems += self._validate_classify()
         if name in ONLINE_OBJECTIVES:
             problems += self._validate_online()
         elif self.reward:
             problems.append(f"objective.reward is set, but objective '{name}' does not use it; rewards are for ppo and grpo.")
+        return problems
+
+    def _validate_classify(self) -> list[str]:
+        problems = []
+        if self.name != "classify":
+            for key in ("labels", "class_weights"):
+                if getattr(self, key) is not None:
+                    problems.append(f"objective.{key} is set, but objective '{self.name}' does not use it; it is for "
+                                    f"objective: classify.")
+            return problems
+        if self.labels is not None:
+            if len(self.labels) < 2:
+                problems.append(f"objective.labels: got {self.labels}; a classifier needs at least two classes.")
+            doubled = sorted({label for label in self.labels if self.labels.count(label) > 1})
+            if doubled:
+                problems.append(f"objective.labels: {doubled} listed twice; name each class once.")
+            if any(not label.strip() for label in self.labels):
+                problems.append("objective.labels: a label is empty; give every class a name.")
+        if isinstance(self.class_weights, list):
+            if any(w <= 0 for w in self.class_weights):
+                problems.append(f"objective.class_weights: got {self.class_weights}; every weight must be positive.")
+            if self.labels is not None and len(self.class_weights) != len(self.labels):
+                problems.append(
+                    f"objective.class_weights: {len(self.class_weights)} weights for {len(self.labels)} labels "
+                    f"({', '.join(self.labels)}); give one weight per label, in the same order, or 'balanced'."
+                )
         return problems
 
     def _validate_online(self) -> list[str]:
@@ -233,9 +268,19 @@ class SourceConfig:
     path: str = ""
     """A data file (jsonl, json, csv, tsv, parquet, optionally .gz) or an HF dataset name."""
     task: str | None = None
-    """Task name for per-task reporting."""
+    """Task name for per-task reporting; in a list of several sources it defaults to the file's stem."""
     weight: float = 1.0
-    """Relative sampling weight in a mixture."""
+    """Relative sampling weight in a mixture (see data.mixing): 2.0 draws this source twice as often."""
+    eval: str | None = None
+    """This source's own eval file (its records get this source's task); else data.eval_fraction carves one."""
+
+
+@dataclass
+class ReplayConfig:
+    source: str = ""
+    """General data (any format data.train takes) mixed into training as the guard against forgetting."""
+    fraction: float = 0.1
+    """Share of every epoch's draws that come from the replay data, logged as task 'replay'."""
 
 
 @dataclass
@@ -258,9 +303,17 @@ class DataConfig:
     """Override the model's chat template with this Jinja string (e.g. for a base model without one)."""
     canaries: int = 0
     """Plant N random secret strings in the training data; `whetstone audit` then measures their exposure."""
+    mixing: Literal["proportional", "temperature"] = "proportional"
+    """How several train sources share each epoch: p_i = w_i*n_i / sum (proportional), or
+    p_i = (w_i*n_i)^(1/T) / sum (temperature; T=1 is proportional, large T uniform). See data/mixture.py."""
+    temperature: float = 2.0
+    """T of data.mixing: temperature (mT5 used about 3.3); applies only with that mixing."""
+    replay: ReplayConfig | None = None
+    """{source: PATH, fraction: 0.1}: general data mixed in at that fraction of the draws, task 'replay'."""
 
     def validate(self) -> list[str]:
         problems = []
+        problems += self._validate_mixture()
         if self.canaries < 0:
             problems.append(f"data.canaries: got {self.canaries}; must be 0 (none) or a number of canaries, e.g. 4.")
         if self.train == "" or self.train == []:
@@ -273,6 +326,34 @@ class DataConfig:
             )
         if self.max_length < 8:
             problems.append(f"data.max_length: got {self.max_length}; must be at least 8 tokens.")
+        return problems
+
+    def _validate_mixture(self) -> list[str]:
+        problems = []
+        sources = [] if isinstance(self.train, str) else self.train
+        for i, source in enumerate(sources):
+            if not source.path:
+                problems.append(f"data.train[{i}].path: missing; every source needs a data file.")
+            if not source.weight > 0:
+                problems.append(f"data.train[{i}].weight: got {source.weight}; must be positive (remove the source "
+                                f"to leave it out).")
+            if source.task == "replay":
+                problems.append(f"data.train[{i}].task: 'replay' is the name of data.replay's task; rename it.")
+        paths = [s.path for s in sources] + ([self.replay.source] if self.replay else [])
+        twice = sorted({p for p in paths if p and paths.count(p) > 1})
+        if twice:
+            problems.append(f"data.train / data.replay: {twice} listed twice; list each file once and use its weight.")
+        if self.mixing == "temperature" and not self.temperature > 0:
+            problems.append(f"data.temperature: got {self.temperature}; must be positive (1 is proportional, "
+                            f"2 to 5 flattens the mixture, large values make it uniform).")
+        if self.mixing == "proportional" and self.temperature != 2.0:
+            problems.append(f"data.temperature is {self.temperature} but data.mixing is 'proportional'; set "
+                            f"data.mixing: temperature to use it.")
+        if self.replay is not None:
+            if not self.replay.source:
+                problems.append("data.replay.source: missing; give a general data file, e.g. examples/general_probe.")
+            if not 0.0 < self.replay.fraction < 1.0:
+                problems.append(f"data.replay.fraction: got {self.replay.fraction}; must be in (0, 1), e.g. 0.1.")
         return problems
 
 
@@ -317,9 +398,25 @@ class TrainConfig:
     """Write a resumable checkpoint every N optimizer steps (and at the end)."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep."""
+    strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
+    """How several processes share the work: ddp (full copy each), fsdp (full shard of weights, gradients and
+    optimizer state), deepspeed (ZeRO, from train.deepspeed); auto: deepspeed when train.deepspeed is set,
+    fsdp under `accelerate launch` with an FSDP config, else ddp."""
+    deepspeed: str | None = None
+    """A DeepSpeed JSON config (e.g. configs/ds_zero2.json); batch sizes, accumulation and clipping left "auto"
+    there are filled from this section."""
 
     def validate(self) -> list[str]:
         problems = []
+        if self.strategy == "deepspeed" and self.deepspeed is None:
+            problems.append("train.strategy: got 'deepspeed' but train.deepspeed is not set; set it to a DeepSpeed "
+                            "JSON config such as configs/ds_zero2.json.")
+        if self.deepspeed is not None and self.strategy not in ("auto", "deepspeed"):
+            problems.append(f"train.deepspeed is set but train.strategy is '{self.strategy}'; set train.strategy: "
+                            f"deepspeed (or auto), or remove train.deepspeed.")
+        if self.deepspeed is not None and not Path(self.deepspeed).is_file():
+            problems.append(f"train.deepspeed: {self.deepspeed} does not exist; give a DeepSpeed JSON config such as "
+                            f"configs/ds_zero2.json.")
         for name in ("batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints"):
             value = getattr(self, name)
             if value < 1:
@@ -414,6 +511,24 @@ class LogConfig:
 
 
 @dataclass
+class StageConfig:
+    name: str = ""
+    """The stage's name; its run directory is RUN/stages/<index>-<name>."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """The stage's data: the base config's data: with this stage's keys laid over it."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """The stage's optimisation: the base train: with this stage's keys laid over it."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """The stage's evaluation: the base eval: with this stage's keys laid over it."""
+
+    def validate(self) -> list[str]:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name or ""):
+            return [f"name: got {self.name!r}; a stage needs a short name of letters, digits, '_', '-' or '.', "
+                    f"e.g. name: legal; it names the stage's run directory."]
+        return []
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """The base model."""
@@ -431,19 +546,59 @@ class RunConfig:
     """Experiment trackers fed from the same stream as metrics.jsonl."""
     output: str | None = None
     """Run directory; `-o DIR` on the command line overrides it."""
+    stages: list[StageConfig] = field(default_factory=list)
+    """A sequential pipeline: each stage overrides data/train/eval and starts from the previous one's output."""
+    stages_adapters: Literal["merge", "stack"] = "merge"
+    """lora between stages: merge (fold the adapter into the base, start a new one) or stack (continue the
+    same adapter on the same base). See whetstone/train/stages.py."""
 
     def validate(self) -> list[str]:
         """Checks across sections (each section checks its own fields)."""
         problems = []
-        if self.method.trains_nothing() and self.objective.name != "reward":
+        if self.method.init_adapter is not None and self.method.name not in ("lora", "dora"):
+            problems.append(f"method.init_adapter applies to lora and dora, not '{self.method.name}'.")
+        # reward and classify add a new head, which always trains: a fully frozen backbone is their plain case.
+        if self.method.trains_nothing() and self.objective.name not in ("reward", "classify"):
             problems.append(
                 "method: 'freeze' with nothing left trainable; set method.top_blocks (e.g. 2), "
                 "method.train_modules or method.train_head: true."
             )
+        if self.objective.name == "classify":
+            asked = [m for m in self.eval.metrics if m not in ("loss", "accuracy", "macro_f1")]
+            if asked:
+                problems.append(
+                    f"eval.metrics: {asked} score generated text, but objective classify predicts a label with its "
+                    f"head; it reports loss, accuracy, macro_f1 and the confusion matrix. Remove {', '.join(asked)}."
+                )
+        if self.objective.name in ONLINE_OBJECTIVES:
+            asked = [m for m in self.eval.metrics if m != "loss"] + (["forgetting"] if self.eval.forgetting else [])
+            if asked:
+                problems.append(
+                    f"eval: {self.objective.name} evaluates the held-out mean reward and KL itself, so it does not run "
+                    f"{', '.join(asked)}; remove them, or evaluate the finished run with `whetstone eval --run`."
+                )
+        if self.train.strategy in ("fsdp", "deepspeed") or self.train.deepspeed is not None:
+            problems += sharding_problems(self, "deepspeed" if self.train.deepspeed else self.train.strategy)
         return problems
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def sharding_problems(config: RunConfig, strategy: str) -> list[str]:
+    """What FSDP and DeepSpeed cannot do here; every process holds only a shard of the weights."""
+    problems = []
+    if config.method.name == "qlora":
+        problems.append(f"method: qlora with train.strategy {strategy}: 4-bit bitsandbytes weights cannot be sharded "
+                        f"here; use method lora with train.strategy {strategy}, or qlora with train.strategy ddp.")
+    if config.objective.name in ONLINE_OBJECTIVES:
+        problems.append(f"objective: {config.objective.name} generates its own data in its own loop, which runs "
+                        f"with ddp only; set train.strategy: ddp (or auto).")
+    asked = [m for m in config.eval.metrics if m != "loss"] + (["forgetting"] if config.eval.forgetting else [])
+    if asked:
+        problems.append(f"eval: {', '.join(asked)} generate text at the end of training, which is not wired for "
+                        f"train.strategy {strategy}; remove them and run `whetstone eval --run RUN_DIR` afterwards.")
+    return problems
 
 
 # ---------------------------------------------------------------------------
@@ -615,13 +770,61 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
+_STAGE_SECTIONS = ("data", "train", "eval")
+
+
+def _merge(base: Any, over: Any) -> Any:
+    """`over` laid over `base`, mapping by mapping; anything else in `over` replaces."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in over.items()}}
+    return over
+
+
+def _build_stages(raw: dict, stages: Any, problems: list[str]) -> list[StageConfig]:
+    """Each stage's data/train/eval laid over the base config's, typed; problems name the stage."""
+    if not isinstance(stages, list) or not stages:
+        problems.append(f"stages: got {stages!r}; must be a non-empty list of {{name, data, train, eval}} mappings.")
+        return []
+    built = []
+    for i, stage in enumerate(stages):
+        if not isinstance(stage, dict):
+            problems.append(f"stages[{i}]: got {stage!r}; must be a mapping with name and data/train/eval overrides.")
+            continue
+        resolved = {**stage, **{k: _merge(raw.get(k) or {}, stage.get(k) or {}) for k in _STAGE_SECTIONS}}
+        own: list[str] = []
+        built.append(_build(StageConfig, resolved, "", own))
+        problems += [f"stages[{i}] ({stage.get('name', '?')}): {p}" for p in own]
+    return built
+
+
+def _pipeline_problems(config: RunConfig) -> list[str]:
+    problems = []
+    names = [s.name for s in config.stages]
+    if len(set(names)) < len(names):
+        problems.append(f"stages: names {names} repeat; give every stage its own name.")
+    if config.objective.name != "sft":
+        problems.append(f"stages: objective {config.objective.name} cannot run as a pipeline yet; pipelines train "
+                        f"and measure objective sft (run other objectives' stages as separate runs).")
+    if config.method.name == "qlora" and config.stages_adapters == "merge":
+        problems.append("stages_adapters: merge folds adapters into a 4-bit qlora base, which loses precision; "
+                        "use stages_adapters: stack, or method lora.")
+    if config.method.init_adapter is not None:
+        problems.append("method.init_adapter: a pipeline sets it for each stage itself (stages_adapters); remove it.")
+    return problems
+
+
 def config_from_dict(raw: dict, source: str = "config") -> RunConfig:
-    if "stages" in raw:
-        raise ConfigError(
-            ["stages: sequential pipelines are not implemented yet; run each stage as its own config."], source
-        )
     problems: list[str] = []
+    stages = raw.get("stages", [])
+    if stages != []:  # the dump of a single run says `stages: []`
+        built = _build_stages(raw, stages, problems)
+        raw = {k: v for k, v in raw.items() if k != "stages"}
     config = _build(RunConfig, raw, "", problems)
+    if stages != []:
+        # In a pipeline the top-level data: only holds defaults for the stages; each stage brings its own train data.
+        problems = [p for p in problems if not p.startswith("data.train: missing")]
+        config.stages = built
+        problems += _pipeline_problems(config)
     if problems:
         raise ConfigError(problems, source)
     return config

@@ -107,3 +107,6 @@ def test_config_errors_name_the_key_and_the_fix():
     with pytest.raises(ConfigError, match="'freeze' with nothing left trainable"):
         load_config(None, ["data.train=a.jsonl", "method=freeze", "objective=dpo"])
     assert load_config(None, ["data.train=a.jsonl", "method=freeze", "objective=reward"]).method.name == "freeze"
+    with pytest.raises(ConfigError, match="does not run exact_match, forgetting"):
+        load_config(None, ["data.train=a.jsonl", "objective=grpo", "objective.reward=[{function: 'm:f'}]",
+                           "eval.metrics=[loss, exact_match]", "eval.forgetting=true"])

@@ -9,21 +9,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from whetstone.data.render import IGNORE, Rendered
+
+if TYPE_CHECKING:
+    from whetstone.data.mixture import Mixture
 
 
 @dataclass(frozen=True)
 class StepPlan:
     """How n examples map onto optimizer steps, micro-batches and processes."""
 
-    n_examples: int
+    n_examples: int  # examples per epoch: the training set, or a mixture's draws per epoch
     batch_size: int  # per micro-batch, per process
     grad_accum: int
     world_size: int
     total_steps: int
+    mixture: Mixture | None = None  # several sources: the epoch's order comes from data/mixture.py
 
     @property
     def examples_per_step(self) -> int:
@@ -35,17 +40,20 @@ class StepPlan:
 
     @classmethod
     def build(cls, n_examples: int, batch_size: int, grad_accum: int, world_size: int,
-              epochs: float, max_steps: int | None) -> "StepPlan":
+              epochs: float, max_steps: int | None, mixture: Mixture | None = None) -> "StepPlan":
+        if mixture is not None:
+            n_examples = mixture.epoch_size
         per_epoch = math.ceil(n_examples / (batch_size * grad_accum * world_size))
         total = max_steps if max_steps is not None else max(1, math.ceil(epochs * per_epoch))
-        return cls(n_examples, batch_size, grad_accum, world_size, total)
+        return cls(n_examples, batch_size, grad_accum, world_size, total, mixture)
 
     def epoch_of(self, step: int) -> int:
         return step // self.steps_per_epoch
 
     def micro_batches(self, step: int, seed: int, rank: int = 0) -> list[list[int]]:
         """Example indices of each micro-batch that `rank` runs at optimizer `step`."""
-        order = epoch_order(self.n_examples, seed, self.epoch_of(step))
+        epoch = self.epoch_of(step)
+        order = self.mixture.epoch_order(seed, epoch) if self.mixture else epoch_order(self.n_examples, seed, epoch)
         i = step % self.steps_per_epoch
         chunk = order[i * self.examples_per_step : (i + 1) * self.examples_per_step]
         span = self.batch_size * self.world_size

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from whetstone.config import DataConfig, SourceConfig
 from whetstone.data.canaries import plant_canaries
 from whetstone.data.formats import load_records
+from whetstone.data.mixture import REPLAY_TASK, Mixture, build_mixture
 from whetstone.data.records import Record
 from whetstone.data.render import Rendered, render_record
 from whetstone.errors import WhetstoneError
@@ -35,18 +38,23 @@ class DataStats:
     supervised_tokens: int = 0
     tokens: int = 0
     notes: list[str] = field(default_factory=list)
+    source_of: dict[str, int] = field(default_factory=dict)  # origin -> index in data.train (replay: one past)
 
 
 def _sources(cfg: DataConfig) -> list[SourceConfig]:
+    """data.train as a list of sources; in a list of several, a source without a task is named by its file."""
     if isinstance(cfg.train, str):
         return [SourceConfig(path=cfg.train)]
-    weights = {s.weight for s in cfg.train}
-    if len(weights) > 1:
-        raise WhetstoneError(
-            "data.train: weighted mixtures of sources are not implemented yet; give every source weight 1.0 "
-            "(they are concatenated), or merge the files yourself."
-        )
-    return list(cfg.train)
+    if len(cfg.train) == 1:
+        return list(cfg.train)
+    return [dataclasses.replace(s, task=s.task or _stem(s.path)) for s in cfg.train]
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    for suffix in (".gz", ".jsonl", ".json", ".csv", ".tsv", ".parquet"):
+        name = name.removesuffix(suffix)
+    return name or path
 
 
 def _load(path: str, cfg: DataConfig, task: str | None, stats: DataStats) -> list[Record]:
@@ -79,25 +87,54 @@ def tokenize(records: list[Record], tokenizer, cfg: DataConfig, stats: DataStats
 
 
 def load_splits(cfg: DataConfig, seed: int) -> tuple[list[Record], list[Record], DataStats]:
-    """Load and validate the training and eval records; carve eval out of train if asked."""
+    """Load and validate the training and eval records; carve eval out of train if asked.
+
+    Eval records keep their task: a source's own `eval` file takes the source's task, and
+    data.eval_fraction is carved out of each source separately, so every task is evaluated.
+    """
     stats = DataStats()
     records: list[Record] = []
-    for source in _sources(cfg):
-        records += _load(source.path, cfg, source.task, stats)
-    eval_records: list[Record] = []
-    if cfg.eval:
-        eval_records = _load(cfg.eval, cfg, None, DataStats())
-    elif cfg.eval_fraction:
-        shuffled = list(records)
-        random.Random(seed).shuffle(shuffled)
-        n_eval = max(1, round(len(records) * cfg.eval_fraction))
-        eval_records, records = shuffled[:n_eval], shuffled[n_eval:]
+    eval_records: list[Record] = _load(cfg.eval, cfg, None, DataStats()) if cfg.eval else []
+    for i, source in enumerate(_sources(cfg)):
+        own = _load(source.path, cfg, source.task, stats)
+        if source.eval:
+            eval_records += _load(source.eval, cfg, source.task, DataStats())
+        elif cfg.eval_fraction:
+            shuffled = list(own)
+            random.Random(seed).shuffle(shuffled)
+            n_eval = max(1, round(len(own) * cfg.eval_fraction))
+            eval_records, own = eval_records + shuffled[:n_eval], shuffled[n_eval:]
+        stats.source_of.update((r.origin, i) for r in own)
+        records += own
+    if cfg.replay is not None:
+        # Replay data is general text; its rows' own task fields would split it, so it is all task 'replay'.
+        replay = [dataclasses.replace(r, task=REPLAY_TASK) for r in _load(cfg.replay.source, cfg, None, stats)]
+        stats.source_of.update((r.origin, len(_sources(cfg))) for r in replay)
+        stats.notes.append(f"replay: {len(replay)} records from {cfg.replay.source}, "
+                           f"{cfg.replay.fraction:.0%} of every epoch's draws")
+        records += replay
     if cfg.canaries:
         records, canaries = plant_canaries(records, cfg.canaries, seed)
         stats.notes.append(f"planted {len(canaries)} canaries (data.canaries); `whetstone audit` measures their exposure")
     stats.records = len(records)
     stats.eval_records = len(eval_records)
     return records, eval_records, stats
+
+
+def plan_mixture(cfg: DataConfig, origins: list[str], stats: DataStats) -> Mixture | None:
+    """The mixture of several sources (or of one plus replay) over the tokenized training set; None for one file.
+
+    Examples are assigned to their source by origin; planted canaries count as part of the first source.
+    """
+    sources = _sources(cfg)
+    if len(sources) < 2 and cfg.replay is None:
+        return None
+    members: list[list[int]] = [[] for _ in range(len(sources) + (cfg.replay is not None))]
+    for index, origin in enumerate(origins):
+        members[stats.source_of.get(origin, 0)].append(index)
+    groups = [(s.task or _stem(s.path), s.path, s.weight, members[i]) for i, s in enumerate(sources)]
+    replay = (cfg.replay.source, members[-1], cfg.replay.fraction) if cfg.replay is not None else None
+    return build_mixture(groups, cfg.mixing, cfg.temperature, replay)
 
 
 def summarize_preparation(stats: DataStats, cfg: DataConfig) -> None:

@@ -73,6 +73,14 @@ def add_parsers(subparsers) -> None:
     p.set_defaults(func=run_compare)
 
 
+def _run_objective(run: str) -> str | None:
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        return None  # load_for_inference says what is missing
+    objective = (read_yaml(path) or {}).get("objective")
+    return objective.get("name") if isinstance(objective, dict) else objective
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="base model (default: the embedded smollm2-135m-instruct)")
     p.add_argument("--adapter", default=None, help="a PEFT adapter directory, a run directory, or a name in the adapter library")
@@ -129,6 +137,9 @@ def run_eval(args: argparse.Namespace) -> int:
     if (args.ladder or args.forgetting) and args.run is None and args.adapter is None:
         raise WhetstoneError("--ladder and --forgetting compare the base model with a fine-tuned one; pass --run "
                              "RUN_DIR, or --model M --adapter DIR.")
+    if args.run is not None and _run_objective(args.run) == "classify":
+        raise WhetstoneError(f"{args.run} is a classifier: its answers come from its head, which `eval` does not "
+                             f"read. Score it with `whetstone predict --run {args.run} --data FILE`.")
     metrics = check_metrics(args.metrics)
     options = EvalOptions(metrics, args.max_new_tokens, args.batch_size, args.max_length)
     # --forgetting alone runs only the probe; otherwise the data defaults to the run's data.eval.

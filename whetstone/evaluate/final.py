@@ -38,6 +38,12 @@ def final_evaluation(model: torch.nn.Module, tokenizer, config: RunConfig, run_p
         out["canaries"] = len(canaries)
 
     metrics = [m for m in config.eval.metrics if m != "loss"]
+    if config.objective.name == "classify":
+        from whetstone.classify.final import classify_final
+
+        # The head predicts the label: labels.json, accuracy, macro-F1 and the confusion matrix come from it.
+        out.update(classify_final(model, tokenizer, config, run_path, eval_records))
+        metrics = []
     if metrics or config.eval.forgetting:
         model.eval()
     if metrics:

@@ -8,16 +8,25 @@ per-column magnitude (Liu et al. 2024). QLoRA keeps the frozen base in 4-bit NF4
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from whetstone.config import MethodConfig
+from whetstone.errors import WhetstoneError
 
 
 def apply_lora(model: torch.nn.Module, cfg: MethodConfig) -> torch.nn.Module:
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     if cfg.name == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if cfg.init_adapter is not None:
+        # Continue a saved adapter (e.g. the previous stage of a pipeline): its own r, alpha and targets apply.
+        if not (Path(cfg.init_adapter) / "adapter_config.json").is_file():
+            raise WhetstoneError(f"method.init_adapter: {cfg.init_adapter} has no adapter_config.json; point it at "
+                                 f"a run's adapter/ directory.")
+        return PeftModel.from_pretrained(model, cfg.init_adapter, is_trainable=True)
     peft_config = LoraConfig(
         r=cfg.r,
         lora_alpha=cfg.alpha,

@@ -10,6 +10,7 @@ their own data and have their own loop: whetstone/train/online.py.
 from __future__ import annotations
 
 from whetstone.objectives.base import LossOutput, Objective
+from whetstone.objectives.classify import CLASSIFY
 from whetstone.objectives.kto import KTO
 from whetstone.objectives.preference import DPO
 from whetstone.objectives.reward import REWARD
@@ -17,6 +18,7 @@ from whetstone.objectives.sft import SFT, sft_loss
 
 OBJECTIVES: dict[str, Objective] = {
     "sft": SFT,
+    "classify": CLASSIFY,
     "reward": REWARD,
     "dpo": DPO,
     "kto": KTO,

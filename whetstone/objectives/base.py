@@ -18,6 +18,8 @@ class LossOutput:
     loss_sum: torch.Tensor  # scalar: the loss SUMMED over `units`
     units: int  # what the loss is normalised by (supervised tokens for SFT, pairs for DPO)
     metrics: dict[str, float] = field(default_factory=dict)  # extra SUMS over units, logged as means
+    row_loss: torch.Tensor | None = None  # (B,) detached loss sum of each example, for per-task logging
+    row_units: torch.Tensor | None = None  # (B,) units of each example; both None where the loss cannot split
 
 
 @dataclass(frozen=True)

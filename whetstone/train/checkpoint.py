@@ -83,14 +83,18 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(directory: Path, model, optimizer, scheduler, state: TrainState, keep: int) -> Path:
+def save_checkpoint(directory: Path, model, optimizer, scheduler, state: TrainState, keep: int,
+                    full_state: tuple[dict, dict] | None = None) -> Path:
+    """`full_state`: (trainable weights, optimizer state) already gathered from FSDP shards; by default
+    they are read from `model` and `optimizer`."""
+    weights, optimizer_state = full_state or (trainable_state(model), optimizer.state_dict())
     directory.mkdir(parents=True, exist_ok=True)
     name = f"step-{state.step:07d}"
     final = directory / name
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=directory))
     try:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        save_file(weights, str(tmp / "trainable.safetensors"))
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         rng_tensors, rng_plain = _rng_state()
         save_file(rng_tensors, str(tmp / "rng.safetensors"))
         payload = {"train_state": asdict(state), "scheduler": scheduler.state_dict(), "rng": rng_plain}
@@ -129,7 +133,8 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return path if (path / "state.json").is_file() else None
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainState:
+def load_checkpoint(path: Path, model, optimizer, scheduler, restore=None) -> TrainState:
+    """`restore(weights, optimizer_state)` loads full tensors into a sharded (FSDP) model and optimizer."""
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
@@ -138,10 +143,14 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainState:
             f"checkpoint {path} does not match this model and method ({len(missing)} trainable tensors missing); "
             f"was the config changed since the run started?"
         )
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    optimizer_state = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+    if restore is not None:
+        restore(weights, optimizer_state)
+    else:
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                params[name].copy_(tensor)
+        optimizer.load_state_dict(optimizer_state)
     payload = json.loads((path / "state.json").read_text())
     scheduler.load_state_dict(payload["scheduler"])
     _set_rng_state(load_file(str(path / "rng.safetensors")), payload["rng"])

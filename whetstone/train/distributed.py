@@ -1,9 +1,10 @@
 """The process group, when launched by torchrun or accelerate; a no-op for one process.
 
-Only this file talks to torch.distributed, so the loop reads the same for 1 or N
-processes: it asks for its rank and the world size, sums numbers across
-processes, and runs each micro-batch through a `LossRunner`, which is DDP
-around the objective's loss when there is more than one process.
+Only this file (and fsdp.py, which it drives) talks to torch.distributed, so the
+loop reads the same for 1 or N processes: it asks for its rank and the world
+size, sums numbers across processes, and runs each micro-batch through a
+`LossRunner`, which is DDP around the objective's loss, or the FSDP-sharded
+model (train.strategy: fsdp), when there is more than one process.
 
     torchrun --nproc-per-node 2 -m whetstone train run.yaml -o runs/r1
     accelerate launch -m whetstone train run.yaml -o runs/r1
@@ -24,6 +25,52 @@ import torch.distributed as dist
 def world() -> tuple[int, int]:
     """(rank, world_size) from the launcher's environment; (0, 1) when run directly."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def resolve_strategy(config) -> str:
+    """'single', 'ddp', 'fsdp' or 'deepspeed' for this run; raises before any work when it cannot run.
+
+    train.strategy auto means deepspeed when train.deepspeed is set, fsdp under `accelerate launch` with
+    an FSDP config (it sets ACCELERATE_USE_FSDP), else ddp. One process needs none of them: its
+    checkpoints are the same either way, which is how an FSDP run resumes on one process.
+    """
+    from whetstone.config import sharding_problems
+    from whetstone.errors import WhetstoneError
+
+    cfg = config.train
+    strategy = cfg.strategy
+    if strategy == "auto":
+        if cfg.deepspeed is not None or _env_flag("ACCELERATE_USE_DEEPSPEED"):
+            strategy = "deepspeed"
+        elif _env_flag("ACCELERATE_USE_FSDP"):
+            strategy = "fsdp"
+        else:
+            strategy = "ddp"
+    if strategy != cfg.strategy:  # chosen here, not in the config, so the config's check did not see it
+        problems = sharding_problems(config, strategy) if strategy in ("fsdp", "deepspeed") else []
+        if strategy == "deepspeed" and cfg.deepspeed is None:
+            problems.append("accelerate asks for DeepSpeed (ACCELERATE_USE_DEEPSPEED), but train.deepspeed is not "
+                            "set; set it to a DeepSpeed JSON config such as configs/ds_zero2.json.")
+        if problems:
+            raise WhetstoneError(f"train.strategy {strategy}: " + " ".join(problems))
+    if strategy == "deepspeed":
+        from whetstone.train.deepspeed import check_config, require_deepspeed
+
+        require_deepspeed()
+        check_config(config, world()[1])
+        if world()[1] > 1:
+            # The config is checked and filled (deepspeed.engine_config), but the engine would have to own backward,
+            # clipping, the optimizer step and the checkpoint format, which this loop does itself: not done yet.
+            raise WhetstoneError(
+                "train.strategy deepspeed: whetstone checks and fills the DeepSpeed config, but its training loop "
+                "does not run the DeepSpeed engine yet. Use train.strategy: fsdp, which shards weights, gradients "
+                "and optimizer state as ZeRO-3 does."
+            )
+    return "single" if world()[1] == 1 else strategy
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
 
 
 def init(device: torch.device) -> None:
@@ -80,20 +127,29 @@ class _LossModule(torch.nn.Module):
 
 
 class LossRunner:
-    """Runs one micro-batch's loss; under several processes, through DDP.
+    """Runs one micro-batch's loss; under several processes, through DDP or the FSDP-sharded model.
 
     The loss the loop back-propagates is already divided by the units of the
     whole step across all processes, so the right gradient is the SUM of the
-    processes' gradients. DDP averages them, so `grad_scale` (the world size)
-    multiplies the loss back.
+    processes' gradients. DDP and FSDP average them, so `grad_scale` (the world
+    size) multiplies the loss back.
+
+    Under FSDP the model's parameters are shards: build the optimizer after this,
+    and read or write weights only through `gather_state` / `restore`.
     """
 
-    def __init__(self, model: torch.nn.Module, objective, context, device: torch.device):
+    def __init__(self, model: torch.nn.Module, objective, context, device: torch.device, strategy: str = "ddp"):
+        self.model = model
         self.module = _LossModule(model, objective, context)
         _, world_size = world()
         self.grad_scale = float(world_size)
         self.ddp = None
-        if world_size > 1:
+        self.fsdp = strategy == "fsdp" and world_size > 1
+        if self.fsdp:
+            from whetstone.train import fsdp
+
+            fsdp.shard(model, root=self.module)
+        elif world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             device_ids = [device.index or 0] if device.type == "cuda" else None
@@ -103,7 +159,47 @@ class LossRunner:
         return (self.ddp or self.module)(batch)
 
     def accumulating(self, last_micro_batch: bool):
-        """Skip the gradient all-reduce on all but the step's last micro-batch."""
+        """Skip the gradient all-reduce (reduce-scatter under FSDP) on all but the step's last micro-batch."""
+        if self.fsdp:
+            # Set on every micro-batch, so the last one always syncs whatever came before.
+            self.module.set_requires_gradient_sync(last_micro_batch)
+            return contextlib.nullcontext()
         if self.ddp is None or last_micro_batch:
             return contextlib.nullcontext()
         return self.ddp.no_sync()
+
+    def evaluating(self):
+        """Around evaluation, which calls the model itself: under FSDP, gathers the root's weights."""
+        if not self.fsdp:
+            return contextlib.nullcontext()
+        from whetstone.train import fsdp
+
+        return fsdp.gathered_root(self.module)
+
+    def gather_state(self, optimizer) -> tuple[dict, dict] | None:
+        """Under FSDP: (trainable weights, optimizer state) in the one-process checkpoint layout.
+
+        Every process must call it (the shards are gathered); rank 0 gets the tensors, the others
+        get empty dicts. None without FSDP: the checkpoint reads the model and optimizer itself.
+        """
+        if not self.fsdp:
+            return None
+        from whetstone.train import fsdp
+
+        return fsdp.gather_trainable(self.model), fsdp.gather_optimizer(self.model, optimizer)
+
+    def gather_weights(self, trainable_only: bool) -> dict | None:
+        """Under FSDP: the full state dict for save_pretrained (rank 0; a collective). None otherwise."""
+        if not self.fsdp:
+            return None
+        from whetstone.train import fsdp
+
+        return fsdp.gather_weights(self.model, trainable_only)
+
+    def restore(self, optimizer):
+        """A function that loads a checkpoint's full weights and optimizer state; None without FSDP."""
+        if not self.fsdp:
+            return None
+        from whetstone.train import fsdp
+
+        return lambda weights, optimizer_state: fsdp.restore(self.model, optimizer, weights, optimizer_state)

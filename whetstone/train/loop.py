@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from whetstone.config import RunConfig, TrainConfig
 from whetstone.data.batches import StepPlan
-from whetstone.data.dataset import DataStats, load_splits, summarize_preparation
+from whetstone.data.dataset import DataStats, load_splits, plan_mixture, summarize_preparation
 from whetstone.errors import WhetstoneError
 from whetstone.evaluate.final import final_evaluation
 from whetstone.evaluate.loss import objective_loss
@@ -134,6 +134,10 @@ def train(
 
     if is_online(config, run_dir, resume):
         return train_online(config, run_dir, resume=resume, overwrite=overwrite, progress=progress, on_step=on_step)
+    from whetstone.train.stages import is_pipeline, run_pipeline  # a config with stages: one run per stage
+
+    if is_pipeline(config, run_dir, resume):
+        return run_pipeline(config, run_dir, resume=resume, overwrite=overwrite, progress=progress, on_step=on_step)
     t_start = time.perf_counter()
 
     # ---- setup -----------------------------------------------------------------
@@ -146,6 +150,7 @@ def train(
         run = RunDirectory.create(target, config, overwrite) if distributed.is_main() else RunDirectory(Path(target))
     cfg = config.train
     rank, world_size = distributed.world()
+    strategy = distributed.resolve_strategy(config)  # ddp, fsdp or deepspeed; fails here, before any work
     device = resolve_device(cfg.device)
     distributed.init(device)
     autocast = autocast_context(device, cfg.precision)
@@ -167,20 +172,26 @@ def train(
          f"{data_stats.eval_records} eval records")
     for note in data_stats.notes:
         _say(f"data: {note}")
+    mixture = plan_mixture(config.data, train_set.origins, data_stats)
+    for source in mixture.describe() if mixture else []:
+        _say(f"data: mixture {source['task']}: {source['examples']} examples, {source['probability']:.1%} of the "
+             f"draws ({source['per_epoch']} per epoch)")
+    # Per-task losses are logged when the training set holds several tasks (loss/<task> in metrics.jsonl).
+    task_names = sorted({t or "default" for t in train_set.tasks})
+    task_of = [t or "default" for t in train_set.tasks] if len(task_names) > 1 else None
 
     model, resolved = load_model(config.model, device=device, quantize_4bit=config.method.name == "qlora")
     model = apply_method(model, config.method)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    context = objective.setup(model, config, train_set)  # may attach a head (classify, reward): count after it
     trainable, total = count_parameters(model)
     _say(f"model: {config.model.name} on {device.type}; method {config.method.name}: "
          f"{trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f}%)")
-
-    context = objective.setup(model, config, train_set)
-    runner = distributed.LossRunner(model, objective, context, device)
+    runner = distributed.LossRunner(model, objective, context, device, strategy)  # FSDP shards the model here
     optimizer = build_optimizer(model, cfg)
     plan = StepPlan.build(len(train_set.examples), per_process_batch(cfg, world_size), cfg.grad_accum, world_size,
-                          cfg.epochs, cfg.max_steps)
+                          cfg.epochs, cfg.max_steps, mixture)
     warmup_steps = math.ceil(cfg.warmup * plan.total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, plan.total_steps, warmup_steps, cfg.schedule)
@@ -189,7 +200,7 @@ def train(
     if resume:
         checkpoint = latest_checkpoint(run.checkpoints)
         if checkpoint is not None:
-            state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+            state = load_checkpoint(checkpoint, model, optimizer, scheduler, restore=runner.restore(optimizer))
             _say(f"resumed from {checkpoint} at step {state.step} of {plan.total_steps}")
         run.truncate_metrics(state.step)
     pad_id = tokenizer.pad_token_id
@@ -220,6 +231,10 @@ def train(
                         out = runner(batch)
                     (out.loss_sum * (weight * runner.grad_scale / max(step_units, 1))).backward()
                 step_loss_sum += float(out.loss_sum.detach()) * weight
+                if task_of is not None and out.row_loss is not None and weight:
+                    for example, loss, units in zip(shares[i], out.row_loss.tolist(), out.row_units.tolist()):
+                        sums = window["tasks"].setdefault(task_of[example], [0.0, 0])
+                        sums[0], sums[1] = sums[0] + loss, sums[1] + units
                 for key, value in out.metrics.items():
                     step_metrics[key] = step_metrics.get(key, 0.0) + float(value) * weight
                 step_tokens += int(batch["attention_mask"].sum()) if weight else 0
@@ -270,9 +285,15 @@ def train(
                 }
                 for key, value in window["metrics"].items():
                     last_row[key] = round(value / max(window["units"], 1), 6)
+                for task in task_names if task_of is not None else []:
+                    # Every process logs the same steps and iterates the same names: the all-reduces line up.
+                    loss, units = (distributed.sum_across(x) for x in window["tasks"].get(task, [0.0, 0]))
+                    if units:
+                        last_row[f"loss/{task}"] = round(loss / units, 6)
                 if do_eval:
-                    results = objective_loss(model, objective, eval_set, cfg.batch_size, pad_id, device, context,
-                                             autocast, config.eval.max_batches)
+                    with runner.evaluating():  # FSDP: the model's outer weights are gathered by the loss wrapper
+                        results = objective_loss(model, objective, eval_set, cfg.batch_size, pad_id, device, context,
+                                                 autocast, config.eval.max_batches)
                     last_row["eval_loss"] = round(results["loss"], 6)
                     if config.objective.name == "sft":
                         last_row["eval_ppl"] = round(math.exp(min(results["loss"], 50.0)), 4)
@@ -284,8 +305,11 @@ def train(
                     run.append_metrics(last_row)
                 window = _new_window()
             wants_stop = distributed.any_across(stop.requested or (on_step is not None and on_step(state.step, last_row)))
-            if distributed.is_main() and (state.step % cfg.checkpoint_every == 0 or done or wants_stop):
-                save_checkpoint(run.checkpoints, model, optimizer, scheduler, state, cfg.keep_checkpoints)
+            if state.step % cfg.checkpoint_every == 0 or done or wants_stop:
+                full_state = runner.gather_state(optimizer)  # FSDP: every process joins the gather
+                if distributed.is_main():
+                    save_checkpoint(run.checkpoints, model, optimizer, scheduler, state, cfg.keep_checkpoints,
+                                    full_state)
             if wants_stop and not done:
                 stopped_early = True
                 break
@@ -294,11 +318,14 @@ def train(
     # ---- save ------------------------------------------------------------------
     # Weights first: a failure in the end-of-training evaluation must not cost the trained model.
     final = {}
+    full_weights = None if stopped_early else runner.gather_weights(is_adapter_model(model))  # FSDP: a collective
     if distributed.is_main() and not stopped_early:
-        _save_weights(model, tokenizer, run.path, resolved.path)
+        _save_weights(model, tokenizer, run.path, resolved.path, full_weights)
         # End-of-training metrics, forgetting probe and canaries, as far as config.eval and data.canaries ask.
         final = final_evaluation(model, tokenizer, config, run.path, eval_records)
     summary = _summary(config, run, state, plan, data_stats, trainable, total, device, t_start, stopped_early) | final
+    if mixture is not None:
+        summary["data"]["mixture"] = mixture.describe()
     if distributed.is_main():
         run.write_json("summary.json", summary)
         run.finish(summary)  # report.html is written; trackers get the summary and close
@@ -325,7 +352,8 @@ def _nonfinite_error(step: int, loss_sum: float, grad_norm: float, origins: list
 
 def _new_window() -> dict:
     """Sums since the last log line; a logged value is the window's mean per unit."""
-    return {"loss_sum": 0.0, "units": 0, "tokens": 0, "seconds": 0.0, "steps": 0, "metrics": {}}
+    return {"loss_sum": 0.0, "units": 0, "tokens": 0, "seconds": 0.0, "steps": 0, "metrics": {},
+            "tasks": {}}  # task -> [loss sum, units]
 
 
 def _clip_and_measure(model: torch.nn.Module, max_norm: float | None) -> float:
@@ -333,18 +361,22 @@ def _clip_and_measure(model: torch.nn.Module, max_norm: float | None) -> float:
     if not params:
         return 0.0
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
+    if hasattr(norm, "full_tensor"):  # FSDP: a DTensor of per-shard partial norms; reducing them is a collective
+        norm = norm.full_tensor()
     return float(norm)
 
 
-def _save_weights(model, tokenizer, run_path: Path, base_path: str) -> None:
+def _save_weights(model, tokenizer, run_path: Path, base_path: str, state_dict: dict | None = None) -> None:
+    """`state_dict`: the full weights gathered from FSDP shards; by default save_pretrained reads the model."""
+    extra = {} if state_dict is None else {"state_dict": state_dict}
     if is_adapter_model(model):
         # Point the adapter at a base that plain peft can load on this machine.
         for peft_config in model.peft_config.values():
             peft_config.base_model_name_or_path = base_path
-        model.save_pretrained(run_path / "adapter")
+        model.save_pretrained(run_path / "adapter", **extra)
         tokenizer.save_pretrained(run_path / "adapter")
     else:
-        model.save_pretrained(run_path / "model", safe_serialization=True)
+        model.save_pretrained(run_path / "model", safe_serialization=True, **extra)
         tokenizer.save_pretrained(run_path / "model")
 
 

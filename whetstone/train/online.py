@@ -475,6 +475,7 @@ def train_online(config: RunConfig | None, run_dir=None, *, resume: bool = False
     if not stopped_early:
         _save_weights(model, tokenizer, run.path, resolved.path)
     run.write_json("summary.json", summary)
+    run.finish(summary)  # report.html, and the trackers of log.to are closed, as in the offline loop
     if stopped_early:
         print(f"stopped at round {state.step} of {total_rounds}; continue with: whetstone train --resume {run.path}")
     else:

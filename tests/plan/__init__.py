@@ -1,0 +1,1 @@
+"""Tests for whetstone plan: parameter counts, the memory model, the probe, the CLI."""

@@ -1,0 +1,184 @@
+"""Predict labels: with a classify run's head, or generatively by label likelihood.
+
+Two predictors answer the same question ("which label, with what probability?"):
+
+- ``HeadClassifier``: a run trained with ``objective: classify``. p = softmax(W h_last).
+- ``GenerativeClassifier``: any causal LM (the base model zero-shot, or an SFT
+  run trained with the label as the completion). Each label is scored as the
+  assistant's answer to ``classification_prompt(text, labels)`` by the sum of
+  its tokens' log-probabilities (evaluate/scoring.py, the same ranking as
+  ``whetstone eval``); p = softmax of those sums over the labels.
+
+Both return `Prediction`s, so a head and a generative run are compared on the
+same records with the same metrics (classify/metrics.py).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from whetstone.config import ModelConfig, RunConfig, config_from_dict, read_yaml
+from whetstone.data.records import Message
+from whetstone.errors import WhetstoneError
+from whetstone.evaluate.fewshot import classification_prompt
+from whetstone.evaluate.scoring import answer_candidates, candidate_logprobs
+from whetstone.objectives.classify import (
+    HEAD_NAME,
+    ClassifyExample,
+    attach_classifier,
+    class_logits,
+    collate_classification,
+    tokenize_text,
+)
+
+LABELS_FILE = "labels.json"  # in a classify run directory: the head's classes, in column order
+
+
+@dataclass
+class Prediction:
+    label: str
+    probabilities: dict[str, float]  # label -> probability, in the predictor's label order
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@dataclass
+class HeadClassifier:
+    model: torch.nn.Module
+    tokenizer: object
+    labels: list[str]
+    max_length: int
+    kind: str = "head"
+
+    @torch.no_grad()
+    def predict(self, texts: list[str], batch_size: int = 16) -> list[Prediction]:
+        self.model.eval()
+        examples = [ClassifyExample(tokenize_text(self.tokenizer, t, self.max_length)[0], None, False) for t in texts]
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # less padding, same result
+        out: list[Prediction | None] = [None] * len(texts)
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = collate_classification([examples[i] for i in rows], self.tokenizer.pad_token_id)
+            batch = {k: v.to(_device(self.model)) for k, v in batch.items()}
+            probs = torch.softmax(class_logits(self.model, batch), dim=-1).tolist()  # (b, C)
+            for i, p in zip(rows, probs):
+                out[i] = _prediction(self.labels, p)
+        return out  # type: ignore[return-value]
+
+
+@dataclass
+class GenerativeClassifier:
+    model: torch.nn.Module
+    tokenizer: object
+    labels: list[str]
+    max_length: int
+    kind: str = "generative"
+
+    @torch.no_grad()
+    def predict(self, texts: list[str], batch_size: int = 16) -> list[Prediction]:
+        out = []
+        for text in texts:
+            prompt = (Message("user", classification_prompt(text, self.labels)),)
+            candidates = answer_candidates(prompt, self.labels, self.tokenizer, self.max_length)
+            scores = torch.tensor(candidate_logprobs(self.model, candidates, self.tokenizer.pad_token_id, batch_size))
+            out.append(_prediction(self.labels, torch.softmax(scores, dim=0).tolist()))
+        return out
+
+
+def _prediction(labels: list[str], probabilities: list[float]) -> Prediction:
+    best = max(range(len(labels)), key=lambda i: (probabilities[i], -i))  # ties: the first label, as rank_labels
+    return Prediction(labels[best], {label: round(p, 6) for label, p in zip(labels, probabilities)})
+
+
+# ---------------------------------------------------------------------------
+# Loading.
+
+
+def run_config(run: str | Path) -> RunConfig:
+    path = Path(run)
+    if not (path / "config.yaml").is_file():
+        raise WhetstoneError(f"--run {run}: not a run directory (no config.yaml in it).")
+    return config_from_dict(read_yaml(path / "config.yaml"), str(path / "config.yaml"))
+
+
+def write_labels(run: str | Path, labels: list[str]) -> None:
+    (Path(run) / LABELS_FILE).write_text(json.dumps({"labels": labels}, ensure_ascii=False, indent=1) + "\n")
+
+
+def read_labels(run: str | Path) -> list[str]:
+    path = Path(run) / LABELS_FILE
+    if not path.is_file():
+        raise WhetstoneError(f"--run {run}: no {LABELS_FILE}; it is written when training finishes. Did the run finish? "
+                             f"(see its summary.json)")
+    return list(json.loads(path.read_text())["labels"])
+
+
+def load_head_classifier(run: str | Path, device: torch.device | str = "cpu") -> HeadClassifier:
+    """The classifier of a finished `objective: classify` run: base + adapter + head, or model/ + head."""
+    from whetstone.models import load_model, load_tokenizer
+
+    path = Path(run)
+    config = run_config(path)
+    labels = read_labels(path)
+    tokenizer = load_tokenizer(config.model, config.data.chat_template)
+    adapter, full = path / "adapter", path / "model"
+    if (adapter / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base, _ = load_model(config.model, device=device)
+        attach_classifier(base, labels)  # peft restores the trained head into it (modules_to_save)
+        model = PeftModel.from_pretrained(base, str(adapter))
+    elif (full / "config.json").is_file():
+        model, _ = load_model(ModelConfig(name=str(full)), device=device)
+        attach_classifier(model, labels).load_state_dict(_saved_head(full))
+    else:
+        raise WhetstoneError(f"--run {run}: no adapter/ or model/ yet; did the run finish? (see its summary.json)")
+    model.eval()
+    return HeadClassifier(model, tokenizer, labels, config.data.max_length)
+
+
+def _saved_head(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    state = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                if key.startswith(f"{HEAD_NAME}."):
+                    state[key[len(HEAD_NAME) + 1 :]] = f.get_tensor(key)
+    if not state:
+        raise WhetstoneError(f"{directory}: the saved model has no '{HEAD_NAME}' head; was it trained with "
+                             f"objective: classify?")
+    return state
+
+
+def load_predictor(run: str | None, model: str | None, labels: list[str] | None, data_labels: list[str] = (),
+                   device: torch.device | str = "cpu") -> HeadClassifier | GenerativeClassifier:
+    """A classify run's head; or, for any other run or a plain model, label likelihood over `labels`.
+
+    `labels` are the ones the user gave (a head must agree with them); `data_labels`, those found in the
+    data, are the default classes for label likelihood.
+    """
+    from whetstone.models.inference import load_for_inference
+
+    if run is not None and run_config(run).objective.name == "classify":
+        classifier = load_head_classifier(run, device)
+        if labels is not None and labels != classifier.labels:
+            raise WhetstoneError(f"--labels {' '.join(labels)}: the run's head predicts {', '.join(classifier.labels)} "
+                                 f"(in that order); leave --labels out for a classify run.")
+        return classifier
+    labels = labels or list(data_labels)
+    if len(labels) < 2:
+        raise WhetstoneError(
+            f"{run or model or 'the base model'} has no classification head, so it is scored by label likelihood, "
+            f"which needs at least two labels: pass --labels, or give data whose records carry labels."
+        )
+    lm, tokenizer = load_for_inference(model, None, run, device=str(device))
+    max_length = run_config(run).data.max_length if run is not None else 1024
+    return GenerativeClassifier(lm, tokenizer, list(labels), max_length)

@@ -1,0 +1,57 @@
+"""The `whetstone plan` verb: parse, call, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from whetstone.errors import WhetstoneError
+
+
+def add_parsers(subparsers) -> None:
+    """Register `plan` among the top-level verbs."""
+    p = subparsers.add_parser(
+        "plan",
+        help="predict each method's parameters, memory, FLOPs, time and storage for a run config",
+        description="Count parameters exactly, measure activations and step time with a short probe on this "
+        "machine, and print one row per method. See docs/plan.md for the model and its assumptions.",
+    )
+    p.add_argument("config", nargs="?", help="the run config (YAML)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--methods", default="full,freeze,lora,dora,qlora",
+                   help="comma-separated methods to plan (default: full,freeze,lora,dora,qlora)")
+    p.add_argument("--memory-budget", metavar="SIZE", help="recommend the cheapest method whose peak fits, e.g. 8GB")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the run will train (default cpu)")
+    p.add_argument("--peak-tflops", type=float, metavar="T",
+                   help="the device's peak TFLOP/s, for --device cuda when no GPU is here to probe")
+    p.add_argument("--utilisation", type=float, default=0.4, metavar="U",
+                   help="share of --peak-tflops a training step reaches (default 0.4)")
+    p.add_argument("--variants", type=int, default=10, metavar="K",
+                   help="task variants for the storage column (default 10)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=run_plan)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from whetstone.config import load_config
+    from whetstone.plan.estimate import parse_size
+    from whetstone.plan.planner import PlanOptions, parse_methods, plan_methods, render_table
+
+    if args.variants < 1:
+        raise WhetstoneError(f"--variants: got {args.variants}; give the number of task variants, 1 or more.")
+    if args.peak_tflops is not None and not args.peak_tflops > 0:
+        raise WhetstoneError(f"--peak-tflops: got {args.peak_tflops}; give the device's peak in TFLOP/s, e.g. 989.")
+    if not 0.0 < args.utilisation <= 1.0:
+        raise WhetstoneError(f"--utilisation: got {args.utilisation}; must be in (0, 1], e.g. 0.4.")
+    options = PlanOptions(
+        methods=parse_methods(args.methods),
+        device=args.device,
+        variants=args.variants,
+        peak_tflops=args.peak_tflops,
+        utilisation=args.utilisation,
+        budget=parse_size(args.memory_budget) if args.memory_budget is not None else None,
+    )
+    config = load_config(args.config, args.set)
+    plan = plan_methods(config, options)
+    print(json.dumps(plan.to_dict(), indent=1) if args.json else render_table(plan, args.variants))
+    return 0

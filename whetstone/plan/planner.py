@@ -1,0 +1,174 @@
+"""`plan_methods`: count, probe and estimate every asked method; `render_table`: one row per method.
+
+Time comes from the probe on this machine (`--device` is where it runs), or, with
+`--device cuda` and no GPU here, from FLOPs: padded tokens x FLOPs/token / (peak x utilisation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from whetstone.config import RunConfig
+from whetstone.errors import WhetstoneError
+from whetstone.methods.freeze import transformer_blocks
+from whetstone.plan import estimate
+from whetstone.plan.estimate import METHOD_NAMES, MethodPlan
+from whetstone.plan.probe import prepare_run, probe_method, rss_bytes
+
+
+@dataclass
+class PlanOptions:
+    methods: list[str] = field(default_factory=lambda: ["full", "freeze", "lora", "dora", "qlora"])
+    device: str = "cpu"  # where the run will train: cpu or cuda
+    variants: int = 10  # K task variants for the storage column
+    peak_tflops: float | None = None  # a stated device peak, for --device cuda without a GPU here
+    utilisation: float = 0.4  # the share of that peak a fine-tuning step reaches (model FLOPs utilisation)
+    budget: float | None = None  # bytes; None: no recommendation
+
+
+@dataclass
+class Plan:
+    rows: list[MethodPlan]
+    steps: int
+    padded_tokens: int
+    largest: estimate.MicroBatchShape
+    time_source: str  # how the seconds were obtained
+    device: str
+    recommendation: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "device": self.device,
+            "steps": self.steps,
+            "padded_tokens": self.padded_tokens,
+            "largest_micro_batch": {"batch": self.largest.batch, "length": self.largest.length,
+                                    "supervised": self.largest.supervised},
+            "time_source": self.time_source,
+            "methods": [r.to_dict() for r in self.rows],
+            "recommendation": self.recommendation,
+            "notes": self.notes,
+        }
+
+
+def parse_methods(text: str) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHOD_NAMES]
+    if unknown or not names:
+        raise WhetstoneError(f"--methods: got {text!r}; give a comma-separated list of {', '.join(METHOD_NAMES)}, "
+                             f"e.g. --methods full,lora.")
+    return list(dict.fromkeys(names))
+
+
+def plan_methods(config: RunConfig, options: PlanOptions) -> Plan:
+    from whetstone.models import load_tokenizer
+
+    if config.stages:
+        raise WhetstoneError("plan: this config is a pipeline (stages:); plan each stage's config on its own.")
+    has_cuda = torch.cuda.is_available()
+    if options.device == "cuda" and not has_cuda and options.peak_tflops is None:
+        raise WhetstoneError("--device cuda: there is no GPU on this machine to probe, so the time must come from a "
+                             "stated device peak; add --peak-tflops (e.g. 989 for an H100's bf16 dense peak).")
+    probe_device = torch.device("cuda" if options.device == "cuda" and has_cuda else "cpu")
+    notes = []
+    if config.objective.name != "sft":
+        notes.append(f"objective {config.objective.name} is planned as sft (one sequence per example); "
+                     f"pairwise objectives run about twice the activations and time.")
+    if config.train.precision != "fp32":
+        notes.append("the memory model assumes fp32 activations; bf16 autocast keeps fewer bytes per activation.")
+    tokenizer = load_tokenizer(config.model, config.data.chat_template)
+    objective, train_set, shape = prepare_run(config, tokenizer)
+    if len(train_set.examples) == 0:
+        raise WhetstoneError("data.train: no usable training examples; check it with `whetstone data check`.")
+    # What the training process holds before its model: Python, torch, transformers, the tokenizer and the data.
+    baseline = rss_bytes() if probe_device.type == "cpu" else 0.0
+    largest = shape.largest()
+    flops_time = options.device == "cuda" and not has_cuda
+    time_source = (f"FLOPs at {options.peak_tflops} TFLOP/s x {options.utilisation:.0%} utilisation" if flops_time
+                   else f"measured steps on {probe_device.type}")
+    rows, lora_fit = [], None
+    layers = len(transformer_blocks(estimate.build_meta_model(config.model)))
+    for name in options.methods:
+        method = estimate.method_config(config.method, name, layers)
+        params = estimate.count_method_parameters(config.model, method)
+        row = MethodPlan(method=name, params=params, flops_per_token=estimate.flops_per_token(params, name),
+                         output_bytes=estimate.output_bytes(params, name),
+                         variants_bytes=estimate.variants_bytes(params, name, options.variants))
+        if name == "qlora" and probe_device.type != "cuda":
+            row.notes.append("qlora needs a CUDA GPU (bitsandbytes 4-bit); memory is estimated with lora's measured "
+                             "activations, time is not measured here.")
+            fit, timing = lora_fit, None
+            if fit is None:
+                fit = probe_method(config, estimate.method_config(config.method, "lora"), objective, train_set,
+                                   shape, tokenizer, probe_device, measure_steps=False).fit
+        else:
+            probed = probe_method(config, method, objective, train_set, shape, tokenizer, probe_device,
+                                  measure_steps=not flops_time)
+            fit, timing = probed.fit, probed.time
+            if name == "lora":
+                lora_fit = fit
+        row.memory = estimate.estimate_memory(params, name, fit, largest, baseline,
+                                              config.train.gradient_checkpointing)
+        if timing is not None and probe_device.type == "cpu":
+            row.memory.probe_excess = _probe_excess(params, name, fit, shape, probed.rss_before_load, timing)
+        if flops_time:
+            row.seconds = (shape.total_padded_tokens() * row.flops_per_token
+                           / (options.peak_tflops * 1e12 * options.utilisation))
+        elif timing is not None:
+            row.seconds = timing.seconds(shape)
+            if config.train.gradient_checkpointing:
+                # The probe ran without it; recomputing the forward adds about one forward (2N of 6N).
+                row.seconds *= 1.33
+        rows.append(row)
+    plan = Plan(rows=rows, steps=shape.plan.total_steps, padded_tokens=shape.total_padded_tokens(), largest=largest,
+                time_source=time_source, device=options.device, notes=notes)
+    if options.budget is not None:
+        plan.recommendation = estimate.recommend(rows, options.budget)
+    return plan
+
+
+def _probe_excess(params, name: str, fit, shape, rss_before_load: float, timing) -> float:
+    """The probe's measured peak beyond the memory model at the probed steps' own largest micro-batch."""
+    probed = estimate.estimate_memory(params, name, fit, shape.largest(timing.probed_steps), 0.0, False)
+    return max(0.0, timing.peak_rss - rss_before_load - probed.peak_with(False))
+
+
+_COLUMNS = ("method", "total", "trainable", "%", "weights", "grads", "optim", "acts", "acts ckpt", "logits",
+            "peak", "peak ckpt", "GFLOP/tok", "time", "output", "K variants")
+
+
+def render_table(plan: Plan, variants: int) -> str:
+    """The plan as an aligned text table (memory and storage in MB), with its assumptions under it."""
+    rows = []
+    for r in plan.rows:
+        p, m = r.params, r.memory
+        mb = lambda x: f"{x / 2**20:,.0f}"
+        rows.append((
+            r.method, f"{p.total / 1e6:,.1f}M", f"{p.trainable / 1e6:,.2f}M", f"{p.trainable_pct:.2f}",
+            mb(m.weights), mb(m.gradients), mb(m.optimizer), mb(m.activations), mb(m.activations_checkpointed),
+            mb(m.logits), mb(m.peak_with(False)), mb(m.peak_with(True)), f"{r.flops_per_token / 1e9:.2f}",
+            estimate._duration(r.seconds) if r.seconds is not None else "-", mb(r.output_bytes),
+            mb(r.variants_bytes),
+        ))
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(_COLUMNS)]
+
+    def line(cells) -> str:
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    big = plan.largest
+    out = [line(_COLUMNS), line(["-" * w for w in widths]), *(line(row) for row in rows), ""]
+    out.append(f"memory in MB, for one process: peak = baseline {plan.rows[0].memory.baseline / 2**20:,.0f} MB "
+               f"(the process before its model) + weights + grads + optim (AdamW, 2 fp32 moments) + activations "
+               f"+ logits; the largest micro-batch is {big.batch} x {big.length} tokens ({big.supervised} supervised).")
+    out.append(f"time: {plan.steps} optimizer steps, {plan.padded_tokens:,} padded tokens; {plan.time_source}. "
+               f"FLOPs/token: 6N when every weight trains, 2N + 2N_backward + 2N_trainable on a frozen base.")
+    out.append(f"storage: output = adapter (trainable x 4 B) or whole model (total x 4 B); K variants = {variants} "
+               f"adapters + one base, or {variants} whole models.")
+    for r in plan.rows:
+        out += [f"{r.method}: {note}" for note in r.notes]
+    out += plan.notes
+    if plan.recommendation:
+        out.append(plan.recommendation)
+    return "\n".join(out)
