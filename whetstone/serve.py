@@ -27,16 +27,17 @@ import json
 import sys
 import threading
 import time
-import traceback
 import uuid
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterator
+from http.server import ThreadingHTTPServer
+from typing import ClassVar
 
 import torch
 
 from whetstone.errors import WhetstoneError
+from whetstone.jsonhttp import JsonHandler
 
 ROLES = ("system", "developer", "user", "assistant")
 
@@ -313,10 +314,12 @@ class Server(ThreadingHTTPServer):
         super().__init__(address, Handler)
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JsonHandler):
     server: Server
-    protocol_version = "HTTP/1.1"  # keep-alive between requests; streams close the connection
     server_version = "whetstone"
+    error_type = RequestError
+    # OpenAI's error "type" for the statuses the shared plumbing raises (others: invalid_request_error).
+    KINDS: ClassVar[dict[int, str]] = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 500: "server_error"}
 
     def setup(self) -> None:
         self.timeout = self.server.limits.timeout_s  # a client that stalls mid-request is dropped
@@ -326,50 +329,29 @@ class Handler(BaseHTTPRequestHandler):
         if self.server.log:
             sys.stderr.write(f"{self.address_string()} {format % args}\n")
 
+    def body_limit(self) -> int:
+        return self.server.limits.max_body_bytes
+
+    def client_error(self, status: int, message: str) -> RequestError:
+        return RequestError(status, message, kind=self.KINDS.get(status, "invalid_request_error"))
+
     # ---- routing ---------------------------------------------------------------------
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def do_PUT(self) -> None:
-        self._handle("PUT")
-
-    def do_DELETE(self) -> None:
-        self._handle("DELETE")
-
-    def do_PATCH(self) -> None:
-        self._handle("PATCH")
-
-    def _handle(self, method: str) -> None:
-        try:
-            path = self.path.split("?", 1)[0].rstrip("/")
-            routes = {"/v1/chat/completions": ("POST", self._chat), "/v1/completions": ("POST", self._completion),
-                      "/v1/models": ("GET", self._models), "/health": ("GET", self._health)}
-            if path.startswith("/v1/models/"):
-                routes[path] = ("GET", lambda: self._model(path[len("/v1/models/"):]))
-            if path not in routes:
-                self._drain()
-                raise RequestError(404, f"no route {path!r}; this server has {sorted(routes)}.", kind="not_found")
-            want, handler = routes[path]
-            if method != want:
-                self._drain()
-                raise RequestError(405, f"{path} takes {want}, not {method}.", kind="method_not_allowed")
-            if path != "/health":
-                self._authorize()
-            handler()
-        except RequestError as exc:
-            self._send_json(exc.status, exc.body())
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            self.close_connection = True  # the client left; nothing to answer
-        except Exception as exc:  # a bug must cost one request, never the server
-            traceback.print_exc(file=sys.stderr)
-            try:
-                self._send_json(500, RequestError(500, f"internal error: {type(exc).__name__}: {exc}",
-                                                  kind="server_error").body())
-            except OSError:
-                self.close_connection = True
+    def dispatch(self, method: str) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/")
+        routes = {"/v1/chat/completions": ("POST", self._chat), "/v1/completions": ("POST", self._completion),
+                  "/v1/models": ("GET", self._models), "/health": ("GET", self._health)}
+        if path.startswith("/v1/models/"):
+            routes[path] = ("GET", lambda: self._model(path[len("/v1/models/"):]))
+        if path not in routes:
+            self._drain()
+            raise RequestError(404, f"no route {path!r}; this server has {sorted(routes)}.", kind="not_found")
+        want, handler = routes[path]
+        if method != want:
+            self._drain()
+            raise RequestError(405, f"{path} takes {want}, not {method}.", kind="method_not_allowed")
+        if path != "/health":
+            self._authorize()
+        handler()
 
     def _authorize(self) -> None:
         key = self.server.api_key
@@ -380,50 +362,6 @@ class Handler(BaseHTTPRequestHandler):
             self._drain()
             raise RequestError(401, "missing or wrong API key: send 'Authorization: Bearer KEY'.",
                                kind="authentication_error")
-
-    # ---- bodies ----------------------------------------------------------------------
-    def _drain(self) -> None:
-        """Read a small body we will not use, so keep-alive stays in sync; else close."""
-        length = self.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) <= self.server.limits.max_body_bytes:
-            self.rfile.read(int(length))
-        elif length or self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-
-    def _read_json(self) -> dict:
-        if self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            raise RequestError(411, "chunked bodies are not accepted; send Content-Length.")
-        length = self.headers.get("Content-Length")
-        if length is None or not length.strip().isdigit():
-            self.close_connection = True
-            raise RequestError(411, "a POST needs a Content-Length header.")
-        size = int(length)
-        if size > self.server.limits.max_body_bytes:
-            self.close_connection = True  # the unread body would be parsed as the next request
-            raise RequestError(413, f"the body is {size} bytes; this server accepts at most "
-                                    f"{self.server.limits.max_body_bytes}.", kind="request_too_large")
-        raw = self.rfile.read(size)
-        if len(raw) != size:
-            self.close_connection = True
-            raise RequestError(400, f"the body ended after {len(raw)} of {size} bytes.")
-        try:
-            body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RequestError(400, f"the body is not valid UTF-8 JSON ({exc}).") from None
-        if not isinstance(body, dict):
-            raise RequestError(400, f"the body must be a JSON object, got {type(body).__name__}.")
-        return body
-
-    def _send_json(self, status: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
 
     # ---- endpoints -------------------------------------------------------------------
     def _health(self) -> None:

@@ -16,13 +16,13 @@ textContent; the Content-Security-Policy forbids inline and foreign scripts besi
 
 from __future__ import annotations
 
-import json
 import sys
-import traceback
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
+from typing import ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from whetstone.errors import WhetstoneError
+from whetstone.jsonhttp import JsonHandler
 from whetstone.label.page import PAGE_HTML, PAGE_JS
 from whetstone.label.store import ANNOTATOR, CHOICES, Conflict, LabelStore, shown_order
 
@@ -126,109 +126,36 @@ class LabelServer(ThreadingHTTPServer):
         super().__init__(address, Handler)
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(JsonHandler):
     server: LabelServer
-    protocol_version = "HTTP/1.1"
     server_version = "whetstone-label"
     timeout = 30  # a client that stalls mid-request is dropped
+    error_type = RequestError
+    extra_headers: ClassVar[dict[str, str]] = {
+        "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Content-Security-Policy": CSP,
+    }
 
     def log_message(self, format: str, *args) -> None:
         if self.server.log:
             sys.stderr.write(f"{self.address_string()} {format % args}\n")
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """http.server's own rejections (a broken request line, oversized headers) in the JSON shape too."""
-        self.close_connection = True
-        try:
-            self._send_json(code, RequestError(code, message or explain or "bad request").body())
-        except OSError:
-            pass
+    def body_limit(self) -> int:
+        return MAX_BODY_BYTES
 
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def do_PUT(self) -> None:
-        self._handle("PUT")
-
-    def do_DELETE(self) -> None:
-        self._handle("DELETE")
-
-    def _handle(self, method: str) -> None:
-        try:
-            url = urlsplit(self.path)
-            path = url.path.rstrip("/") or "/"
-            routes = {"/": ("GET", self._page), "/page.js": ("GET", self._script), "/health": ("GET", self._health),
-                      "/api/state": ("GET", lambda: self._state(url.query)), "/api/judge": ("POST", self._judge),
-                      "/api/undo": ("POST", self._undo)}
-            if path not in routes:
-                self._drain()
-                raise RequestError(404, f"no route {path[:100]!r}; this server has {sorted(routes)}.")
-            want, handler = routes[path]
-            if method != want:
-                self._drain()
-                raise RequestError(405, f"{path} takes {want}, not {method}.")
-            handler()
-        except RequestError as exc:
-            self._send_json(exc.status, exc.body())
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            self.close_connection = True  # the client left; nothing to answer
-        except Exception as exc:  # noqa: BLE001 (a bug must cost one request, never the server)
-            traceback.print_exc(file=sys.stderr)
-            try:
-                self._send_json(500, RequestError(500, f"internal error: {type(exc).__name__}: {exc}").body())
-            except OSError:
-                self.close_connection = True
-
-    # ---- bodies ----------------------------------------------------------------------
-    def _drain(self) -> None:
-        """Read a small body we will not use, so keep-alive stays in sync; else close."""
-        length = self.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) <= MAX_BODY_BYTES:
-            self.rfile.read(int(length))
-        elif length or self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-
-    def _read_json(self) -> dict:
-        if self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            raise RequestError(411, "chunked bodies are not accepted; send Content-Length.")
-        length = self.headers.get("Content-Length")
-        if length is None or not length.strip().isdigit():
-            self.close_connection = True
-            raise RequestError(411, "a POST needs a Content-Length header.")
-        size = int(length)
-        if size > MAX_BODY_BYTES:
-            self.close_connection = True  # the unread body would be parsed as the next request
-            raise RequestError(413, f"the body is {size} bytes; this server accepts at most {MAX_BODY_BYTES}.")
-        raw = self.rfile.read(size)
-        if len(raw) != size:
-            self.close_connection = True
-            raise RequestError(400, f"the body ended after {len(raw)} of {size} bytes.")
-        try:
-            body = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RequestError(400, f"the body is not valid UTF-8 JSON ({exc}).") from None
-        if not isinstance(body, dict):
-            raise RequestError(400, f"the body must be a JSON object, got {type(body).__name__}.")
-        return body
-
-    def _send(self, status: int, data: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Content-Security-Policy", CSP)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _send_json(self, status: int, payload: dict) -> None:
-        self._send(status, json.dumps(payload).encode(), "application/json")
+    def dispatch(self, method: str) -> None:
+        url = urlsplit(self.path)
+        path = url.path.rstrip("/") or "/"
+        routes = {"/": ("GET", self._page), "/page.js": ("GET", self._script), "/health": ("GET", self._health),
+                  "/api/state": ("GET", lambda: self._state(url.query)), "/api/judge": ("POST", self._judge),
+                  "/api/undo": ("POST", self._undo)}
+        if path not in routes:
+            self._drain()
+            raise RequestError(404, f"no route {path[:100]!r}; this server has {sorted(routes)}.")
+        want, handler = routes[path]
+        if method != want:
+            self._drain()
+            raise RequestError(405, f"{path} takes {want}, not {method}.")
+        handler()
 
     # ---- endpoints -------------------------------------------------------------------
     def _page(self) -> None:
