@@ -184,6 +184,9 @@ def test_malformed_http_never_crashes_the_server(server, method, path, body, hea
     assert got == status
     error = json.loads(payload)["error"]
     assert error["code"] == status and error["message"]
+    kinds = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}  # OpenAI's error types
+    expected = "model_not_found" if path == "/v1/models/nope" else kinds.get(status, "invalid_request_error")
+    assert error["type"] == expected
     assert _raw(server, "GET", "/health")[0] == 200
 
 
