@@ -52,6 +52,20 @@ def test_training_writes_a_self_contained_report(lora_run):
     assert f"{summary['peak_memory_mb']:.4g}" in html and "output size (adapter/)" in html
 
 
+def test_online_and_preference_runs_get_reward_kl_and_accuracy_curves(run_copy):
+    rows = [{"step": 0, "eval_reward": 0.1, "eval_kl": 0.0}]
+    rows += [{"step": s, "loss": 0.5, "reward": 0.1 * s, "kl": 0.5 * s, "accuracy": 0.5 + 0.1 * s} for s in (1, 2, 3)]
+    rows += [{"step": 3, "eval_reward": 0.4, "eval_kl": 1.2, "eval_accuracy": 0.9}]
+    (run_copy / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    html = write_report(run_copy).read_text()
+    assert html.count('<svg class="chart"') == 1 + 3  # loss, then the three; lr, grad norm, tokens/s were not logged
+    for title in ("Reward", "KL to the reference", "Accuracy"):
+        assert f'aria-label="{title}"' in html
+    reward_path = re.search(r'data-series="train reward" d="([^"]+)"', html).group(1)
+    assert reward_path.count("L") + 1 == 3  # one point per logged train step
+    assert html.count("<title>eval reward at") == 2  # before training and after
+
+
 def test_eval_ladder_and_forgetting_render_whatever_their_shape(run_copy):
     summary = json.loads((run_copy / "summary.json").read_text())
     summary["eval"] = {"before": {"loss": 2.5, "exact_match": 0.1}, "after": {"loss": 1.75, "exact_match": 0.4}}

@@ -226,6 +226,19 @@ def _curves(rows: list[dict]) -> str:
                    y_label="L2 norm"),
         line_chart([series("tokens_per_s", "tokens / s", PALETTE[4])], "Throughput", y_label="tokens / s"),
     ]
+    # Objectives that log more than a loss get their own curves: what PPO/GRPO optimise and how far
+    # they drift (reward, KL to the reference), and what preference objectives rank (accuracy).
+    logged = {key for row in rows for key in row}
+    extra = [
+        (("reward", "eval_reward"), "Reward", "mean reward"),
+        (("kl", "eval_kl"), "KL to the reference", "nats"),
+        (("accuracy", "eval_accuracy"), "Accuracy", "accuracy"),
+    ]
+    for (train_key, eval_key), title, y_label in extra:
+        if logged & {train_key, eval_key}:
+            charts.append(line_chart([series(train_key, f"train {title.lower()}", PALETTE[0]),
+                                      series(eval_key, f"eval {title.lower()}", PALETTE[1], True)],
+                                     title, y_label=y_label))
     return '<div class="grid">' + "".join(f'<div class="panel">{c}</div>' for c in charts) + "</div>"
 
 
