@@ -53,23 +53,24 @@ class JsonHandler(BaseHTTPRequestHandler):
         try:
             self.dispatch(method)
         except self.error_type as exc:
-            self._send_json(exc.status, exc.body())
+            self._answer(exc)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True  # the client left; nothing to answer
         except Exception as exc:  # noqa: BLE001 (a bug must cost one request, never the server)
             traceback.print_exc(file=sys.stderr)
-            try:
-                self._send_json(500, self.client_error(500, f"internal error: {type(exc).__name__}: {exc}").body())
-            except OSError:
-                self.close_connection = True
+            self._answer(self.client_error(500, f"internal error: {type(exc).__name__}: {exc}"))
+
+    def _answer(self, error: Exception) -> None:
+        """Send an error; a client that already left (a truncated body, then gone) is simply let go."""
+        try:
+            self._send_json(error.status, error.body())
+        except OSError:
+            self.close_connection = True
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """http.server's own rejections (a broken request line, oversized headers) in the JSON shape too."""
         self.close_connection = True
-        try:
-            self._send_json(code, self.client_error(code, message or explain or "bad request").body())
-        except OSError:
-            pass
+        self._answer(self.client_error(code, message or explain or "bad request"))
 
     # ---- bodies ----------------------------------------------------------------------
     def _drain(self) -> None:
