@@ -33,17 +33,13 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stdlib_qa.build import collect  # noqa: E402  (examples/ is not a package; stdlib_qa is a namespace one)
+from stdlib_qa.build import bucket, collect, write_jsonl  # noqa: E402  (examples/ is not a package)
 
 FIRST = ["What does `{name}` do?", "Can you tell me what `{name}` does in Python?"]
 NEXT_FUNCTION = ["And `{short}`?", "What about `{short}`, from the same module?"]
 HOW_TO_CALL = ["How do I call it?", "What is its signature?"]
 N_TRAIN, N_EVAL = 300, 60
 MAX_SIGNATURE = 80
-
-
-def bucket(text: str, n: int) -> int:
-    return int(hashlib.sha256(text.encode()).hexdigest(), 16) % n
 
 
 def signature(name: str) -> str | None:
@@ -92,12 +88,6 @@ def build() -> tuple[list[dict], list[dict]]:
                 continue
             (evaluation if last[0] in held_out else train).append(dialogue(firsts[0], last, signatures))
     return train, evaluation
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stdlib_qa.build import collect  # noqa: E402  (examples/ is not a package; stdlib_qa is a namespace one)
+from stdlib_qa.build import bucket, chat_record, collect, write_jsonl  # noqa: E402  (examples/ is not a package)
 
 QUESTIONS = [
     "What does `{name}` do in Python?",
@@ -35,20 +34,6 @@ QUESTIONS = [
     "I found `{name}` in some code. What does it do?",
 ]
 FACT_SHARE = 5  # keep one fact in FACT_SHARE: ~130 facts, so 2 epochs fit in a few CPU minutes
-
-
-def bucket(text: str, n: int) -> int:
-    return int(hashlib.sha256(text.encode()).hexdigest(), 16) % n
-
-
-def record(question: str, answer: str) -> dict:
-    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -63,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, answer in facts:
         held_out = bucket(name + "#wording", len(QUESTIONS))
         for i, template in enumerate(QUESTIONS):
-            (evaluation if i == held_out else train).append(record(template.format(name=name), answer))
+            (evaluation if i == held_out else train).append(chat_record(template.format(name=name), answer))
     # Interleave facts in training, so one batch is not three wordings of the same fact.
     train.sort(key=lambda r: hashlib.sha256(r["messages"][0]["content"].encode()).hexdigest())
     args.out.mkdir(parents=True, exist_ok=True)

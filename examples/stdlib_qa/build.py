@@ -66,7 +66,18 @@ def collect() -> list[tuple[str, str]]:
 
 
 def bucket(name: str, n: int) -> int:
+    """A stable split: the same text lands in the same of n buckets on every machine and Python."""
     return int(hashlib.sha256(name.encode()).hexdigest(), 16) % n
+
+
+def chat_record(user: str, assistant: str) -> dict:
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def main() -> None:
@@ -75,12 +86,9 @@ def main() -> None:
     train, evaluation = [], []
     for name, answer in pairs:
         question = QUESTIONS[bucket(name + "?", len(QUESTIONS))].format(name=name)
-        record = {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
-        (evaluation if bucket(name, 10) == 0 else train).append(record)
-    for filename, rows in (("train.jsonl", train), ("eval.jsonl", evaluation)):
-        with open(out_dir / filename, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        (evaluation if bucket(name, 10) == 0 else train).append(chat_record(question, answer))
+    write_jsonl(out_dir / "train.jsonl", train)
+    write_jsonl(out_dir / "eval.jsonl", evaluation)
     print(f"Python {sys.version.split()[0]}: {len(train)} train and {len(evaluation)} eval records in {out_dir}")
 
 

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import re
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from stdlib_qa.build import bucket, chat_record, write_jsonl  # noqa: E402  (examples/ is not a package)
 
 STATUS = Path("/var/lib/dpkg/status")
 PROMPT = "Summarise this software package description in one short line:\n\n{text}"
@@ -59,19 +61,8 @@ def collect() -> list[tuple[str, str, str]]:
     return kept
 
 
-def bucket(text: str, n: int) -> int:
-    return int(hashlib.sha256(text.encode()).hexdigest(), 16) % n
-
-
 def record(synopsis: str, body: str) -> dict:
-    return {"messages": [{"role": "user", "content": PROMPT.format(text=body)},
-                         {"role": "assistant", "content": synopsis}]}
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return chat_record(PROMPT.format(text=body), synopsis)
 
 
 def main(argv: list[str] | None = None) -> None:

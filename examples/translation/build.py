@@ -21,10 +21,12 @@ from __future__ import annotations
 import argparse
 import gettext
 import hashlib
-import json
 import re
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from stdlib_qa.build import bucket, chat_record, write_jsonl  # noqa: E402  (examples/ is not a package)
 
 CATALOGUES = ["gtk30", "gtk30-properties"]
 LOCALE_DIR = Path("/usr/share/locale/fr/LC_MESSAGES")
@@ -61,19 +63,8 @@ def collect() -> list[tuple[str, str]]:
     return sorted(pairs.items())
 
 
-def bucket(text: str, n: int) -> int:
-    return int(hashlib.sha256(text.encode()).hexdigest(), 16) % n
-
-
 def record(english: str, french: str) -> dict:
-    return {"messages": [{"role": "user", "content": PROMPT.format(text=english)},
-                         {"role": "assistant", "content": french}]}
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return chat_record(PROMPT.format(text=english), french)
 
 
 def main(argv: list[str] | None = None) -> None:
