@@ -49,7 +49,9 @@ def signature(name: str) -> str | None:
         text = f"{name}{inspect.signature(getattr(importlib.import_module(module_name), attr))}"
     except (TypeError, ValueError):  # many C functions carry no signature
         return None
-    return text if len(text) <= MAX_SIGNATURE else None
+    # A default shown as "<object object at 0x7f...>" is a memory address: it differs on every run
+    # (and would make the build irreproducible), and no one could type it.
+    return text if len(text) <= MAX_SIGNATURE and " at 0x" not in text else None
 
 
 def dialogue(first: tuple[str, str], last: tuple[str, str], signatures: dict[str, str]) -> dict:
