@@ -17,3 +17,20 @@ def tiny_config(model_dir, train_file, *overrides: str):
     base = [f"model={model_dir}", f"data.train={train_file}", "train.lr=1e-3", "train.warmup=0.0",
             "train.log_every=1", "method.dropout=0.0"]
     return load_config(None, base + list(overrides))
+
+
+def random_adapter(out: Path, model_dir) -> Path:
+    """A LoRA adapter on the tiny model with random A and B (not peft's zero B), so its answers differ
+    from the base model's; saved with the tokenizer, like a run's adapter/."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from whetstone.models import load_tokenizer
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(str(out))
+    load_tokenizer(str(model_dir)).save_pretrained(str(out))
+    return out

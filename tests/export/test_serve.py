@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny_runs import random_adapter as make_random_adapter
 
 from whetstone.serve import Engine, ServeLimits, make_server
 
@@ -21,18 +22,7 @@ QUESTION = [{"role": "user", "content": "What is 3 plus 4?"}]
 @pytest.fixture(scope="module")
 def random_adapter(tmp_path_factory, tiny_model_dir):
     """A LoRA adapter with random A and B: it changes the greedy answer for sure."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from whetstone.models import load_tokenizer
-
-    out = tmp_path_factory.mktemp("adapter") / "rand"
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
-    config = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
-    get_peft_model(base, config).save_pretrained(str(out))
-    load_tokenizer(str(tiny_model_dir)).save_pretrained(str(out))
-    return out
+    return make_random_adapter(tmp_path_factory.mktemp("adapter") / "rand", tiny_model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import json
 import re
 
 import pytest
-import torch
+from tiny_runs import random_adapter as make_random_adapter
 
 from whetstone.cli import main
 from whetstone.errors import WhetstoneError
@@ -25,15 +25,7 @@ def prompts(tmp_path):
 @pytest.fixture(scope="module")
 def random_adapter(tmp_path_factory, tiny_model_dir):
     """A LoRA adapter with random A and B, so its answers differ from the base model's."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    out = tmp_path_factory.mktemp("adapter") / "rand"
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
-    config = LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
-    get_peft_model(base, config).save_pretrained(str(out))
-    return out
+    return make_random_adapter(tmp_path_factory.mktemp("adapter") / "rand", tiny_model_dir)
 
 
 def _reference(model_dir, adapter, conversations, seed, temperature, batch_size=8):

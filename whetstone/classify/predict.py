@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from whetstone.config import ModelConfig, RunConfig, config_from_dict, read_yaml
+from whetstone.config import RunConfig, config_from_dict, read_yaml
 from whetstone.data.records import Message
 from whetstone.errors import WhetstoneError
 from whetstone.evaluate.fewshot import classification_prompt
@@ -121,41 +121,15 @@ def read_labels(run: str | Path) -> list[str]:
 
 def load_head_classifier(run: str | Path, device: torch.device | str = "cpu") -> HeadClassifier:
     """The classifier of a finished `objective: classify` run: base + adapter + head, or model/ + head."""
-    from whetstone.models import load_model, load_tokenizer
+    from whetstone.models import load_tokenizer
+    from whetstone.models.headed import load_headed_run
 
     path = Path(run)
     config = run_config(path)
     labels = read_labels(path)
     tokenizer = load_tokenizer(config.model, config.data.chat_template)
-    adapter, full = path / "adapter", path / "model"
-    if (adapter / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        base, _ = load_model(config.model, device=device)
-        attach_classifier(base, labels)  # peft restores the trained head into it (modules_to_save)
-        model = PeftModel.from_pretrained(base, str(adapter))
-    elif (full / "config.json").is_file():
-        model, _ = load_model(ModelConfig(name=str(full)), device=device)
-        attach_classifier(model, labels).load_state_dict(_saved_head(full))
-    else:
-        raise WhetstoneError(f"--run {run}: no adapter/ or model/ yet; did the run finish? (see its summary.json)")
-    model.eval()
+    model = load_headed_run(path, config, lambda m: attach_classifier(m, labels), HEAD_NAME, f"--run {run}", device)
     return HeadClassifier(model, tokenizer, labels, config.data.max_length)
-
-
-def _saved_head(directory: Path) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
-    state = {}
-    for file in sorted(directory.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                if key.startswith(f"{HEAD_NAME}."):
-                    state[key[len(HEAD_NAME) + 1 :]] = f.get_tensor(key)
-    if not state:
-        raise WhetstoneError(f"{directory}: the saved model has no '{HEAD_NAME}' head; was it trained with "
-                             f"objective: classify?")
-    return state
 
 
 def load_predictor(run: str | None, model: str | None, labels: list[str] | None, data_labels: list[str] = (),

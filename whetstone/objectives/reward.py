@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from whetstone.config import ModelConfig, RunConfig, config_from_dict, read_yaml
+from whetstone.config import RunConfig, config_from_dict, read_yaml
 from whetstone.data.records import Message
 from whetstone.errors import WhetstoneError
 from whetstone.methods import is_adapter_model
@@ -137,7 +137,8 @@ class RewardModel:
 
 def load_reward_model(run: str | Path, device: torch.device | str = "cpu") -> RewardModel:
     """The reward model of a finished `objective: reward` run: base + adapter + head, or model/ + head."""
-    from whetstone.models import load_model, load_tokenizer
+    from whetstone.models import load_tokenizer
+    from whetstone.models.headed import load_headed_run
 
     path = Path(run)
     if not (path / "config.yaml").is_file():
@@ -150,32 +151,6 @@ def load_reward_model(run: str | Path, device: torch.device | str = "cpu") -> Re
         )
     kind = config.objective.head
     tokenizer = load_tokenizer(config.model, config.data.chat_template)
-    adapter, full = path / "adapter", path / "model"
-    if (adapter / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        base, _ = load_model(config.model, device=device)
-        attach_head(base, kind)  # peft restores the trained head into it (modules_to_save)
-        model = PeftModel.from_pretrained(base, str(adapter))
-    elif (full / "config.json").is_file():
-        model, _ = load_model(ModelConfig(name=str(full)), device=device)
-        head = attach_head(model, kind)
-        head.load_state_dict(_saved_head(full, HEAD_NAMES[kind]))
-    else:
-        raise WhetstoneError(f"reward run {run}: no adapter/ or model/ yet; did the run finish? (see its summary.json)")
-    model.eval()
+    model = load_headed_run(path, config, lambda m: attach_head(m, kind), HEAD_NAMES[kind], f"reward run {run}",
+                            device)
     return RewardModel(model, tokenizer, kind, config.data.max_length)
-
-
-def _saved_head(directory: Path, name: str) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
-    state = {}
-    for file in sorted(directory.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                if key.startswith(f"{name}."):
-                    state[key[len(name) + 1 :]] = f.get_tensor(key)
-    if not state:
-        raise WhetstoneError(f"{directory}: the saved model has no '{name}' head; was it trained with objective: reward?")
-    return state
