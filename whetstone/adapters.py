@@ -155,11 +155,29 @@ def _read_source(source: Path) -> tuple[Path, dict | None, dict]:
                                  f"adapter library.")
         summary_path = source / "summary.json"
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        return source / "adapter", read_yaml(source / "config.yaml"), summary
+        raw = read_yaml(source / "config.yaml")
+        refuse_stacked(source, raw)
+        return source / "adapter", raw, summary
     if (source / "adapter_config.json").is_file():
+        refuse_stacked(source.parent)
         return source, None, {}
     raise WhetstoneError(f"{source}: neither a run directory (config.yaml + adapter/) nor an adapter directory "
                          f"(adapter_config.json).")
+
+
+def refuse_stacked(run_dir: Path, raw: dict | None = None) -> None:
+    """A run trained on frozen adapters (method.base_adapters) is not its adapter alone: say so, and what works."""
+    from whetstone.config import read_yaml
+
+    if raw is None:
+        raw = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
+    method = raw.get("method") if isinstance(raw.get("method"), dict) else {}
+    if method.get("base_adapters"):
+        raise WhetstoneError(
+            f"{run_dir}: this run's adapter was trained on top of {len(method['base_adapters'])} frozen adapter(s) "
+            f"(method.base_adapters), so on the base model alone it is not the trained model. Use --run {run_dir} "
+            f"(generate, eval), or `whetstone export {run_dir} --format merged` and use that as the model."
+        )
 
 
 def _run_base(config: dict | None) -> str | None:
@@ -240,11 +258,14 @@ def resolve_adapter(spec: str, model: str | None = None, library: str | Path | N
     """
     path = Path(spec)
     if (path / "adapter_config.json").is_file():
+        refuse_stacked(path.parent)
         return str(path), model
     if (path / "config.yaml").is_file() and (path / "adapter" / "adapter_config.json").is_file():
         from whetstone.config import read_yaml
 
-        return str(path / "adapter"), model or _run_base(read_yaml(path / "config.yaml"))
+        raw = read_yaml(path / "config.yaml")
+        refuse_stacked(path, raw)
+        return str(path / "adapter"), model or _run_base(raw)
     lib = AdapterLibrary(library)
     if not _NAME.match(spec) or spec not in lib.entries():
         known = ", ".join(sorted(lib.entries())) or "none yet"

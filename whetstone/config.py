@@ -71,6 +71,9 @@ class MethodConfig:
     head is the new classification head, which always trains; the LM head stays frozen."""
     init_adapter: str | None = None
     """lora: start from this saved PEFT adapter directory (and its r, alpha, targets) instead of from zero."""
+    base_adapters: list[str] = field(default_factory=list)
+    """lora, dora: saved PEFT adapter directories kept frozen under the trained one, in order (a stack; folded into
+    the base weights when the model loads). Generation, eval and export of the run load the whole stack."""
 
     def validate(self) -> list[str]:
         problems = []
@@ -548,15 +551,20 @@ class RunConfig:
     """Run directory; `-o DIR` on the command line overrides it."""
     stages: list[StageConfig] = field(default_factory=list)
     """A sequential pipeline: each stage overrides data/train/eval and starts from the previous one's output."""
-    stages_adapters: Literal["merge", "stack"] = "merge"
-    """lora between stages: merge (fold the adapter into the base, start a new one) or stack (continue the
-    same adapter on the same base). See whetstone/train/stages.py."""
+    stages_adapters: Literal["merge", "stack", "continue"] = "merge"
+    """lora between stages: merge (fold the adapter into a saved full model, start a new one), stack (keep every
+    stage's adapter, frozen, under a new one: method.base_adapters) or continue (train the same adapter on).
+    See whetstone/train/stages.py."""
 
     def validate(self) -> list[str]:
         """Checks across sections (each section checks its own fields)."""
         problems = []
         if self.method.init_adapter is not None and self.method.name not in ("lora", "dora"):
             problems.append(f"method.init_adapter applies to lora and dora, not '{self.method.name}'.")
+        if self.method.base_adapters and self.method.name not in ("lora", "dora"):
+            hint = (" A 4-bit qlora base cannot hold a folded adapter exactly; use method lora, or continue one "
+                    "adapter (method.init_adapter)." if self.method.name == "qlora" else "")
+            problems.append(f"method.base_adapters applies to lora and dora, not '{self.method.name}'.{hint}")
         # reward and classify add a new head, which always trains: a fully frozen backbone is their plain case.
         if self.method.trains_nothing() and self.objective.name not in ("reward", "classify"):
             problems.append(
@@ -805,11 +813,12 @@ def _pipeline_problems(config: RunConfig) -> list[str]:
     if config.objective.name != "sft":
         problems.append(f"stages: objective {config.objective.name} cannot run as a pipeline yet; pipelines train "
                         f"and measure objective sft (run other objectives' stages as separate runs).")
-    if config.method.name == "qlora" and config.stages_adapters == "merge":
-        problems.append("stages_adapters: merge folds adapters into a 4-bit qlora base, which loses precision; "
-                        "use stages_adapters: stack, or method lora.")
-    if config.method.init_adapter is not None:
-        problems.append("method.init_adapter: a pipeline sets it for each stage itself (stages_adapters); remove it.")
+    if config.method.name == "qlora" and config.stages_adapters != "continue":
+        problems.append(f"stages_adapters: {config.stages_adapters} folds adapters into a 4-bit qlora base, which "
+                        f"loses precision; use stages_adapters: continue, or method lora.")
+    for key in ("init_adapter", "base_adapters"):
+        if getattr(config.method, key):
+            problems.append(f"method.{key}: a pipeline sets it for each stage itself (stages_adapters); remove it.")
     return problems
 
 

@@ -73,10 +73,17 @@ def test_second_stage_starts_from_exactly_the_weights_the_first_produced(merged,
 
     run, loaded = merged["run"], merged["loaded"]
     lineage = [json.loads((_stage(run, i) / "lineage.json").read_text()) for i in (0, 1)]
-    # Reference: stage 1's adapter folded into the base by plain peft.
+    # Reference: stage 1's adapter folded into the base by hand, W + (alpha / r) B A in float64, rounded once.
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     assert loaded[0] == tensors_sha256(dict(base.named_parameters()))  # stage 1 starts from the base
-    reference = PeftModel.from_pretrained(base, str(_stage(run, 0) / "adapter")).merge_and_unload()
+    reference = PeftModel.from_pretrained(base, str(_stage(run, 0) / "adapter"))
+    with torch.no_grad():
+        for module in reference.modules():
+            if hasattr(module, "lora_A") and "default" in module.lora_A:
+                a, b = module.lora_A["default"].weight.double(), module.lora_B["default"].weight.double()
+                weight = module.base_layer.weight
+                weight.copy_((weight.double() + module.scaling["default"] * (b @ a)).float())
+    reference = reference.unload()
     expected = tensors_sha256(dict(reference.named_parameters()))
     assert loaded[1] == expected == lineage[0]["output_weights_sha256"] == lineage[1]["start_weights_sha256"]
     assert loaded[1] != loaded[0]  # stage 1 did change the weights
@@ -121,8 +128,8 @@ def test_pipeline_killed_in_stage_two_resumes_there_and_ends_bitwise_equal(merge
             == json.loads((merged["run"] / "stages.json").read_text())["rows"])
 
 
-def test_stack_continues_the_same_adapter(tmp_path, tiny_model_dir):
-    config_path = _write_pipeline(tmp_path, tiny_model_dir, stages_adapters="stack")
+def test_continue_trains_the_same_adapter_on(tmp_path, tiny_model_dir):
+    config_path = _write_pipeline(tmp_path, tiny_model_dir, stages_adapters="continue")
     assert main(["train", str(config_path), "-o", str(tmp_path / "cli-check"), "--quiet",
                  "--set", "stages_adapters=stak"]) == 2  # a typo is a config error, not a traceback
     _, loaded, adapters = _run_spied(config_path, tmp_path / "run")
@@ -131,9 +138,120 @@ def test_stack_continues_the_same_adapter(tmp_path, tiny_model_dir):
     assert adapters[1] == files_sha256(_stage(run, 0) / "adapter") != files_sha256(_stage(run, 1) / "adapter")
     stage2 = yaml.safe_load((_stage(run, 1) / "config.yaml").read_text())
     assert stage2["method"]["init_adapter"] == str((_stage(run, 0) / "adapter").resolve())
+    assert stage2["method"]["base_adapters"] == []
     assert not (_stage(run, 0) / "merged").exists()
     lineage = json.loads((_stage(run, 1) / "lineage.json").read_text())
     assert lineage["start_weights_sha256"] == files_sha256(_stage(run, 0) / "adapter")
+
+
+PROBE = torch.tensor([[5, 17, 3, 42, 8, 11, 29, 2]])  # (1, 8) token ids the tiny model knows
+
+
+@pytest.fixture(scope="module")
+def stacked(tmp_path_factory, tiny_model_dir):
+    """A stack pipeline, with the logits of each stage's model as its training began."""
+    from peft import get_peft_model_state_dict
+
+    tmp = tmp_path_factory.mktemp("stacked")
+    config_path = _write_pipeline(tmp, tiny_model_dir, stages_adapters="stack")
+    loaded, adapters, start_logits = [], [], []
+    real = loop.apply_method
+
+    def spy(model, cfg):
+        loaded.append(tensors_sha256(dict(model.named_parameters())))
+        out = real(model, cfg)
+        adapters.append(tensors_sha256(get_peft_model_state_dict(out)))
+        was = out.training
+        with torch.no_grad():
+            start_logits.append(out.eval()(input_ids=PROBE).logits)
+        out.train(was)
+        return out
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "apply_method", spy)
+        loop.train(load_config(config_path), tmp / "run", progress=False)
+    return {"run": tmp / "run", "loaded": loaded, "adapters": adapters, "start_logits": start_logits}
+
+
+def _stack_by_hand(tiny_model_dir, *adapters):
+    """The base with each adapter applied in order by plain peft: W + s1 B1 A1 (+ s2 B2 A2 as a live adapter)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    for adapter in adapters[:-1]:
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    return PeftModel.from_pretrained(model, str(adapters[-1])).eval()
+
+
+def test_stack_keeps_each_stage_adapter_frozen_under_a_new_one(stacked, tiny_model_dir):
+    run, loaded, adapters = stacked["run"], stacked["loaded"], stacked["adapters"]
+    first, second = _stage(run, 0) / "adapter", _stage(run, 1) / "adapter"
+    assert loaded[0] == loaded[1]  # both stages load the plain base; the stack is applied by the method
+    stage2 = yaml.safe_load((_stage(run, 1) / "config.yaml").read_text())
+    assert stage2["method"]["base_adapters"] == [str(first.resolve())]
+    assert stage2["method"]["init_adapter"] is None
+    # Stage 2 starts from exactly the function stage 1 produced (its new adapter's B is zero) ...
+    with torch.no_grad():
+        stage1_output = _stack_by_hand(tiny_model_dir, first)(input_ids=PROBE).logits
+    assert (stacked["start_logits"][1] - stage1_output).abs().max() < 1e-5
+    # ... with a fresh adapter of its own, while stage 1's adapter is kept as it was, frozen.
+    assert adapters[1] != files_sha256(first)
+    lineage = [json.loads((_stage(run, i) / "lineage.json").read_text()) for i in (0, 1)]
+    assert files_sha256(first) == lineage[0]["output_weights_sha256"] == lineage[1]["start_weights_sha256"]
+    assert lineage[1]["frozen_adapters"] == [str(first.resolve())]
+    assert lineage[1]["output_weights_sha256"] == files_sha256(second) != files_sha256(first)
+    assert not (_stage(run, 0) / "merged").exists() and not (_stage(run, 1) / "model").exists()
+
+
+def test_a_stacked_run_loads_with_its_whole_stack(stacked, tiny_model_dir):
+    from whetstone.adapters import resolve_adapter
+    from whetstone.errors import WhetstoneError
+    from whetstone.models.inference import load_for_inference
+
+    run = stacked["run"]
+    first, second = _stage(run, 0) / "adapter", _stage(run, 1) / "adapter"
+    with torch.no_grad():
+        expected = _stack_by_hand(tiny_model_dir, first, second)(input_ids=PROBE).logits
+        without_stack = _stack_by_hand(tiny_model_dir, second)(input_ids=PROBE).logits
+        for where in (_stage(run, 1), run):  # a stage's directory, or the pipeline's (its last stage)
+            model, _ = load_for_inference(run=str(where))
+            assert (model(input_ids=PROBE).logits - expected).abs().max() < 1e-5
+    assert (without_stack - expected).abs().max() > 1e-3  # the stack matters, so the check above can fail
+    # The stage's adapter alone is not the model: every path that would load it bare says so.
+    for spec in (str(_stage(run, 1)), str(second)):
+        with pytest.raises(WhetstoneError, match="frozen adapter"):
+            resolve_adapter(spec)
+
+
+def test_a_stacked_run_exports_merged_with_its_stack_and_refuses_peft(stacked, tiny_model_dir, tmp_path):
+    from whetstone.errors import WhetstoneError
+    from whetstone.export.formats import export_run
+
+    run = stacked["run"]
+    stage = _stage(run, 1)
+    with pytest.raises(WhetstoneError, match="--format merged or gguf"):
+        export_run(stage, "peft", tmp_path / "peft")
+    result = export_run(stage, "merged", tmp_path / "merged")
+    assert result.logit_delta is not None and result.logit_delta < 1e-4  # against base + stack + adapter
+    from transformers import AutoModelForCausalLM
+
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = _stack_by_hand(tiny_model_dir, _stage(run, 0) / "adapter", stage / "adapter")(input_ids=PROBE)
+        assert (exported(input_ids=PROBE).logits - expected.logits).abs().max() < 1e-4
+
+
+def test_stack_and_merge_refuse_qlora_and_base_adapters_need_an_adapter_method(tmp_path, tiny_model_dir):
+    config_path = _write_pipeline(tmp_path, tiny_model_dir, stages_adapters="stack")
+    with pytest.raises(ConfigError, match="stages_adapters: stack folds adapters into a 4-bit qlora base"):
+        load_config(config_path, ["method.name=qlora"])
+    single = tmp_path / "single.yaml"
+    raw = {"model": str(tiny_model_dir), "method": {"name": "full", "base_adapters": [str(tmp_path)]},
+           "data": {"train": "x.jsonl"}}
+    single.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="method.base_adapters applies to lora and dora, not 'full'"):
+        load_config(single)
 
 
 def test_stage_config_errors_name_the_stage(tmp_path):

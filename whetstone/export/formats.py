@@ -29,6 +29,7 @@ from whetstone.errors import WhetstoneError
 from whetstone.export import DEFAULT_DTYPE, DTYPES, FORMATS
 from whetstone.export.consistency import PROBE, check_consistency
 from whetstone.export.gguf import detect_pre_tokenizer, source_gguf_pre, write_gguf
+from whetstone.methods.lora import fold_adapters, merge_exactly
 from whetstone.models.load import load_model, load_tokenizer, resolve_model
 
 TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
@@ -114,6 +115,10 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, dty
         if source.adapter is None:
             raise WhetstoneError(f"--format peft: {source.path} trained every weight (method "
                                  f"{source.config.method.name}), so it has no adapter. Use --format merged or gguf.")
+        if source.config.method.base_adapters:
+            raise WhetstoneError(f"--format peft: {source.path}'s adapter was trained on top of "
+                                 f"{len(source.config.method.base_adapters)} frozen adapter(s) (method.base_adapters), "
+                                 f"so alone it is not the model. Use --format merged or gguf, which fold them all in.")
         result = _export_peft(source, out, dtype)
         served, stop_ids = _served_tokenizer(out), _stop_ids(Path(resolve_model(source.config.model.name).path), out)
         loaded = _load_peft_export(source, out) if verify else None
@@ -186,36 +191,19 @@ def _load_reference(source: RunSource):
         from peft import PeftModel
 
         base, _ = load_model(_base_config(source))
+        base = fold_adapters(base, source.config.method.base_adapters)  # a stacked run's frozen adapters
         model = PeftModel.from_pretrained(base, str(source.adapter))
     return model.eval()
 
 
 def _merged_model(source: RunSource, reference):
-    """Fold the adapter into the base weights, W' = W + (alpha / r) B A; see `merge_adapter`.
+    """Fold the adapter into the base weights, W' = W + (alpha / r) B A; see `merge_exactly`.
 
     It merges into `reference` in place; callers take reference logits first.
     """
     if source.full is not None:
         return reference
-    return merge_adapter(reference)
-
-
-def merge_adapter(model):
-    """peft's merge, computed in float64 one layer at a time and rounded to the weight's dtype once.
-
-    Why: on SmolLM2 (30 layers, logits up to ~45) an fp32 forward of base + adapter is itself
-    ~1e-4 away from the exact result, so an fp32 merge (W + s*B@A rounded twice) landed at 1.2e-4
-    from it; a correctly rounded W' stays under 1e-4. Only one layer is in float64 at a time.
-    """
-    from peft.tuners.lora import LoraLayer
-
-    for module in model.modules():
-        if isinstance(module, LoraLayer) and not module.merged:
-            dtype = module.get_base_layer().weight.dtype
-            module.to(torch.float64)
-            module.merge()
-            module.to(dtype)
-    return model.unload()
+    return merge_exactly(reference)
 
 
 def _served_tokenizer(directory: Path):
@@ -335,7 +323,7 @@ def _measure(result: ExportResult, ref: torch.Tensor, got: torch.Tensor) -> None
     delta = float((got - ref).abs().max())
     result.logit_delta = delta
     result.top1_agreement = float((got.argmax(-1) == ref.argmax(-1)).float().mean())
-    # fp32: merging reorders the sums (W x + s B(A x) vs (W + s BA) x); with W' rounded once (merge_adapter)
+    # fp32: merging reorders the sums (W x + s B(A x) vs (W + s BA) x); with W' rounded once (merge_exactly)
     # that stays under 1e-4 on the embedded model (7.7e-5 for the demo run, 7.2e-5 for a random adapter),
     # where the fp32 reference itself is 9e-5 from the exact fp64 result.
     scale = float(ref.abs().max())

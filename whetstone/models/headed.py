@@ -22,6 +22,7 @@ def load_headed_run(path: Path, config: RunConfig, attach: Callable[[torch.nn.Mo
 
     `who` starts the error messages (e.g. "--run runs/x", "reward run runs/x").
     """
+    from whetstone.methods.lora import fold_adapters
     from whetstone.models import load_model
 
     adapter, full = path / "adapter", path / "model"
@@ -29,6 +30,7 @@ def load_headed_run(path: Path, config: RunConfig, attach: Callable[[torch.nn.Mo
         from peft import PeftModel
 
         base, _ = load_model(config.model, device=device)
+        base = fold_adapters(base, config.method.base_adapters, who=f"{who}: method.base_adapters")
         attach(base)  # peft restores the trained head into it (modules_to_save)
         model = PeftModel.from_pretrained(base, str(adapter))
     elif (full / "config.json").is_file():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -9,51 +11,82 @@ import torch
 from whetstone.config import ModelConfig, read_yaml
 from whetstone.data.render import render_prompt
 from whetstone.errors import WhetstoneError
+from whetstone.methods.lora import fold_adapters
 from whetstone.models.load import load_model, load_tokenizer
+
+
+def final_stage(run: str | Path) -> Path:
+    """The run directory itself, or for a finished pipeline (a config with stages:) its last stage's directory."""
+    path = Path(run)
+    summary = path / "summary.json"
+    if (path / "config.yaml").is_file() and read_yaml(path / "config.yaml").get("stages"):  # a stage says `stages: []`
+        final = json.loads(summary.read_text()).get("final_stage") if summary.is_file() else None
+        if final is None:
+            raise WhetstoneError(f"--run {run}: the pipeline has not finished its last stage (see its summary.json); "
+                                 f"point --run at a finished stage under {path / 'stages'}, or resume it.")
+        return Path(final)
+    return path
 
 
 def run_chat_template(run: str) -> str | None:
     """The data.chat_template a run was trained with (None: the model's own)."""
-    data = read_yaml(Path(run) / "config.yaml").get("data") or {}
+    data = read_yaml(final_stage(run) / "config.yaml").get("data") or {}
     return data.get("chat_template") if isinstance(data, dict) else None
 
 
 def run_base_config(run: str) -> ModelConfig:
     """The base model a run was trained from."""
-    return _from_run(run)[0]
+    return _from_run(run).model
 
 
-def _from_run(run: str) -> tuple[ModelConfig, str | None, str | None]:
-    """(base model config, adapter dir, full model dir) of a run directory."""
-    path = Path(run)
+@dataclass(frozen=True)
+class RunWeights:
+    """What a finished run loads as: its base model, frozen adapters folded into it, then its adapter or model/."""
+
+    model: ModelConfig
+    adapter: str | None = None  # adapter/ of a lora/dora/qlora run
+    full: str | None = None  # model/ of a full or freeze run
+    stack: tuple[str, ...] = ()  # method.base_adapters: frozen adapters under the run's own
+
+
+def _from_run(run: str) -> RunWeights:
+    path = final_stage(run)
     if not (path / "config.yaml").is_file():
         raise WhetstoneError(f"--run {run}: not a run directory (no config.yaml).")
     raw = read_yaml(path / "config.yaml")
     model = raw.get("model") or {}
     model_cfg = ModelConfig(**model) if isinstance(model, dict) else ModelConfig(name=model)
+    method = raw.get("method") if isinstance(raw.get("method"), dict) else {}
+    stack = tuple(method.get("base_adapters") or ())
     if (path / "adapter" / "adapter_config.json").is_file():
-        return model_cfg, str(path / "adapter"), None
+        return RunWeights(model_cfg, adapter=str(path / "adapter"), stack=stack)
     if (path / "model" / "config.json").is_file():
-        return model_cfg, None, str(path / "model")
+        return RunWeights(model_cfg, full=str(path / "model"))
     raise WhetstoneError(f"--run {run}: the run has no adapter/ or model/ yet; did it finish? (see its summary.json)")
 
 
 def load_for_inference(model: str | None = None, adapter: str | None = None, run: str | None = None,
                        device: str = "cpu"):
-    """(model, tokenizer) for `--model M [--adapter DIR|NAME]` or `--run RUN_DIR`, in eval mode."""
+    """(model, tokenizer) for `--model M [--adapter DIR|NAME]` or `--run RUN_DIR`, in eval mode.
+
+    A run trained on a stack of frozen adapters (method.base_adapters) loads with all of them.
+    """
+    stack: tuple[str, ...] = ()
     if adapter is not None and run is None:
         from whetstone.adapters import resolve_adapter
 
         adapter, model = resolve_adapter(adapter, model)  # a library NAME brings its base model
     if run is not None:
-        model_cfg, adapter, full = _from_run(run)
-        if full is not None:
-            model_cfg = ModelConfig(name=full)
+        weights = _from_run(run)
+        model_cfg, adapter, stack = weights.model, weights.adapter, weights.stack
+        if weights.full is not None:
+            model_cfg = ModelConfig(name=weights.full)
     else:
         model_cfg = ModelConfig(name=model or ModelConfig().name)
     # A run trained with data.chat_template must be prompted the same way.
     tokenizer = load_tokenizer(model_cfg, run_chat_template(run) if run is not None else None)
     lm, _ = load_model(model_cfg, device=device)
+    lm = fold_adapters(lm, list(stack), who=f"--run {run}: method.base_adapters")
     if adapter is not None:
         from peft import PeftModel
 

@@ -13,18 +13,23 @@
 
 How a LoRA stage hands over to the next (`stages_adapters`):
 
-    merge   the adapter is folded into the stage's base (W + (alpha/r) B A, peft's merge_and_unload)
-            and saved as merged/, a full HF model; the next stage puts a fresh adapter on it. Costs
-            one copy of the weights per stage; every stage learns its own low-rank update.
-    stack   the next stage continues the SAME adapter on the same base (method.init_adapter is the
-            previous stage's adapter/, trainable, with its optimizer state reset). Costs nothing
-            but the adapter; all stages share one rank-r update.
+    merge     the adapter is folded into the stage's base (W + (alpha/r) B A, peft's merge_and_unload)
+              and saved as merged/, a full HF model; the next stage puts a fresh adapter on it. Costs
+              one copy of the weights per stage; every stage learns its own low-rank update.
+    stack     every stage's adapter is kept, frozen, and the next stage trains a fresh adapter on top
+              (method.base_adapters lists the earlier stages' adapter/ directories, folded into the
+              base in memory when the model loads: methods/lora.py). Costs one adapter per stage and
+              no full copy; each stage learns its own update, and any stage's run directory loads
+              with everything under it (generate, eval, export merged/gguf, serve).
+    continue  the next stage trains the SAME adapter on (method.init_adapter is the previous stage's
+              adapter/, trainable, with its optimizer state reset). Costs nothing but the adapter;
+              all stages share one rank-r update. The only choice for qlora.
 
 Full and freeze stages save model/, and the next stage starts from it either way.
 
 Lineage (lineage.json in each stage) names the base model, the stage's start model and adapter,
-the parent stage, every data file with its SHA-256, and the SHA-256 of the weights the stage
-started from and produced (over the saved tensors, in name order: see `tensors_sha256`).
+the frozen adapters under it, the parent stage, every data file with its SHA-256, and the SHA-256
+of the weights the stage started from and produced (over the saved tensors, in name order: see `tensors_sha256`).
 
 `--resume RUN` skips the stages that finished, resumes the interrupted one from its checkpoint,
 and runs the rest.
@@ -60,13 +65,22 @@ def is_pipeline(config: RunConfig | None, run_dir, resume: bool) -> bool:
     return bool(config is not None and config.stages)
 
 
-def stage_config(config: RunConfig, index: int, model_name: str, init_adapter: str | None) -> RunConfig:
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """What a stage starts from: a model, an adapter it trains on (continue), frozen adapters under it (stack)."""
+
+    model: str
+    adapter: str | None = None
+    stack: tuple[str, ...] = ()
+
+
+def stage_config(config: RunConfig, index: int, start: Start) -> RunConfig:
     """Stage `index` as a single run: the pipeline's model and method, the stage's data/train/eval."""
     stage = config.stages[index]
     return dataclasses.replace(
         config,
-        model=dataclasses.replace(config.model, name=model_name),
-        method=dataclasses.replace(config.method, init_adapter=init_adapter),
+        model=dataclasses.replace(config.model, name=start.model),
+        method=dataclasses.replace(config.method, init_adapter=start.adapter, base_adapters=list(start.stack)),
         data=stage.data, train=stage.train, eval=stage.eval, stages=[], output=None,
     )
 
@@ -86,12 +100,12 @@ def run_pipeline(config: RunConfig | None, run_dir, *, resume: bool = False, ove
     else:
         path = _create(run_dir or config.output, config, overwrite)
     table = _read_table(path, config)
-    model_name, adapter, parent = config.model.name, None, None
+    start, parent = Start(config.model.name), None
     stages: list[dict] = []
     for index, stage in enumerate(config.stages):
         directory = path / "stages" / f"{index}-{stage.name}"
         print(f"stage {index} ({stage.name}): {directory}", flush=True)
-        cfg = stage_config(config, index, model_name, adapter)
+        cfg = stage_config(config, index, start)
         summary = _read_summary(directory)
         if summary is None or summary.get("stopped_early"):
             if (directory / "config.yaml").is_file():
@@ -107,12 +121,12 @@ def run_pipeline(config: RunConfig | None, run_dir, *, resume: bool = False, ove
             out = {"stopped_early": True, "stopped_stage": index, "stages": stages}
             _write_json(path / "summary.json", out)
             return out
-        next_model, next_adapter, output_hash = _hand_over(config, cfg, directory)
+        next_start, output_hash = _hand_over(config, cfg, directory)
         _write_lineage(directory, config, cfg, index, parent, output_hash)
         if len(table["rows"]) <= index:
-            table["rows"].append(_measure(config, index, next_model, next_adapter))
+            table["rows"].append(_measure(config, index, next_start))
             _write_table(path, table)
-        model_name, adapter, parent = next_model, next_adapter, directory.name
+        start, parent = next_start, directory.name
     out = {**{k: v for k, v in stages[-1].items() if k in ("train_loss", "eval_loss")},
            "stopped_early": False, "stages": stages, "final_stage": stages[-1]["dir"],
            "table": "stages.json", "wall_s": round(time.perf_counter() - t_start, 3)}
@@ -148,26 +162,30 @@ def _read_summary(directory: Path) -> dict | None:
 # Handing over from one stage to the next.
 
 
-def _hand_over(config: RunConfig, cfg: RunConfig, directory: Path) -> tuple[str, str | None, str]:
-    """(model, adapter) the next stage starts from, and the SHA-256 of what this stage produced."""
+def _hand_over(config: RunConfig, cfg: RunConfig, directory: Path) -> tuple[Start, str]:
+    """What the next stage starts from, and the SHA-256 of what this stage produced."""
     if config.method.name not in ADAPTER_METHODS:
-        return str((directory / "model").resolve()), None, files_sha256(directory / "model")
+        return Start(str((directory / "model").resolve())), files_sha256(directory / "model")
+    adapter = str((directory / "adapter").resolve())
+    if config.stages_adapters == "continue":
+        return Start(cfg.model.name, adapter=adapter), files_sha256(directory / "adapter")
     if config.stages_adapters == "stack":
-        return cfg.model.name, str((directory / "adapter").resolve()), files_sha256(directory / "adapter")
+        return Start(cfg.model.name, stack=(*cfg.method.base_adapters, adapter)), files_sha256(directory / "adapter")
     merged = directory / "merged"
     if not (merged / "config.json").is_file():  # a resumed pipeline may have merged already
         merge_adapter(cfg.model, directory / "adapter", merged)
-    return str(merged.resolve()), None, files_sha256(merged)
+    return Start(str(merged.resolve())), files_sha256(merged)
 
 
 def merge_adapter(base: ModelConfig, adapter: Path, target: Path) -> None:
     """Fold `adapter` into `base` and save the result as a full HF model (safetensors) at `target`."""
     from peft import PeftModel
 
+    from whetstone.methods.lora import merge_exactly
     from whetstone.models import load_model, load_tokenizer
 
     model, _ = load_model(base, device="cpu")
-    model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    model = merge_exactly(PeftModel.from_pretrained(model, str(adapter)))
     # Written aside and renamed: an interrupted merge never leaves a half model for the next stage to load.
     tmp = Path(tempfile.mkdtemp(prefix=".merged-", dir=target.parent))
     try:
@@ -228,6 +246,7 @@ def _write_lineage(directory: Path, config: RunConfig, cfg: RunConfig, index: in
         "base_model": config.model.name,
         "start_model": cfg.model.name,
         "start_adapter": cfg.method.init_adapter,
+        "frozen_adapters": list(cfg.method.base_adapters),
         "method": config.method.name,
         "stages_adapters": config.stages_adapters,
         "data": [{"role": role, "path": path, "task": task, "weight": weight, "sha256": _file_sha256(path)}
@@ -243,17 +262,21 @@ def _write_lineage(directory: Path, config: RunConfig, cfg: RunConfig, index: in
 # The per-stage table: what each stage cost the ones before it.
 
 
-def _measure(config: RunConfig, index: int, model_name: str, adapter: str | None) -> dict:
-    """After stage `index`: the metrics of its output on the eval set of every stage j <= index."""
+def _measure(config: RunConfig, index: int, after: Start) -> dict:
+    """After stage `index`: the metrics of its output (what stage index + 1 starts from) on every stage j <= index's
+    eval set."""
     from whetstone.data.dataset import load_splits
     from whetstone.evaluate.harness import EvalOptions, evaluate
+    from whetstone.methods.lora import fold_adapters
     from whetstone.models import load_model, load_tokenizer
 
+    model_name = after.model
     model, _ = load_model(dataclasses.replace(config.model, name=model_name), device="cpu")
-    if adapter is not None:
+    model = fold_adapters(model, list(after.stack))
+    if after.adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter)
+        model = PeftModel.from_pretrained(model, after.adapter)
     model.eval()
     scores: dict[str, dict | None] = {}
     for j, stage in enumerate(config.stages[: index + 1]):
