@@ -443,6 +443,45 @@ class TrainConfig:
 
 
 EVAL_METRICS = ("loss", "exact_match", "chrf", "bleu", "rouge", "accuracy", "macro_f1")
+# The three question sets of the knowledge eval (whetstone/evaluate/knowledge.py), and their file names in a directory.
+KNOWLEDGE_FILES = {"train_wording": "train_wording.jsonl", "paraphrase": "paraphrase.jsonl",
+                   "heldout": "heldout.jsonl"}
+
+
+@dataclass
+class KnowledgeConfig:
+    dir: str | None = None
+    """A directory holding train_wording.jsonl, paraphrase.jsonl and heldout.jsonl (chat records)."""
+    train_wording: str | None = None
+    """Trained facts asked in a training wording; default: DIR/train_wording.jsonl."""
+    paraphrase: str | None = None
+    """Trained facts asked in a wording never trained on; default: DIR/paraphrase.jsonl."""
+    heldout: str | None = None
+    """Facts of the same kind never trained on; default: DIR/heldout.jsonl."""
+    limit: int | None = None
+    """Ask at most the first N questions of each set; null asks them all."""
+    base: bool = True
+    """Also score the base model (adapters switched off, or the base reloaded) for the style gain."""
+
+    def paths(self) -> dict[str, str | None]:
+        """{set: file}: an explicit path, else the file of that name in `dir`, else None."""
+        return {name: getattr(self, name) or (str(Path(self.dir) / file) if self.dir else None)
+                for name, file in KNOWLEDGE_FILES.items()}
+
+    def check(self, key: str = "eval.knowledge") -> list[str]:
+        # Not `validate`: the mapping is one arm of a union, where problems would read as "not a mapping".
+        problems = []
+        for name, path in self.paths().items():
+            if path is None:
+                problems.append(f"{key}.{name}: not set; give {key}.dir (holding {KNOWLEDGE_FILES[name]}) or "
+                                f"{key}.{name}: FILE.")
+            elif not path.startswith("hf:") and not Path(path).is_file():
+                problems.append(f"{key}.{name}: {path} does not exist; build the sets (e.g. python "
+                                f"examples/knowledge_base/build.py) or point {key} at the directory that holds them.")
+        if self.limit is not None and self.limit < 1:
+            problems.append(f"{key}.limit: got {self.limit}; must be positive, or null for every question.")
+        return problems
+
 
 
 @dataclass
@@ -463,6 +502,12 @@ class EvalConfig:
     """At the end of training, run the general-ability probe on the base and the tuned model; deltas go to summary.json."""
     forgetting_data: str | list[str] | None = None
     """Probe files for eval.forgetting (text records: perplexity; chat records: QA). Default: examples/general_probe."""
+    knowledge: str | KnowledgeConfig | None = None
+    """At the end of training, the knowledge eval (docs/knowledge.md): a directory of the three sets, or a mapping."""
+
+    def knowledge_sets(self) -> KnowledgeConfig | None:
+        """eval.knowledge as a mapping (a plain string is its `dir`); None when unset."""
+        return KnowledgeConfig(dir=self.knowledge) if isinstance(self.knowledge, str) else self.knowledge
 
     def probe_files(self) -> list[str]:
         if self.forgetting_data is None:
@@ -488,6 +533,8 @@ class EvalConfig:
                                 f"records, or leave it unset for the bundled examples/general_probe set.")
         if self.forgetting_data is not None and not self.forgetting:
             problems.append("eval.forgetting_data is set but eval.forgetting is false; set eval.forgetting: true.")
+        if self.knowledge_sets() is not None:
+            problems += self.knowledge_sets().check()
         return problems
 
 
@@ -603,6 +650,7 @@ def sharding_problems(config: RunConfig, strategy: str) -> list[str]:
         problems.append(f"objective: {config.objective.name} generates its own data in its own loop, which runs "
                         f"with ddp only; set train.strategy: ddp (or auto).")
     asked = [m for m in config.eval.metrics if m != "loss"] + (["forgetting"] if config.eval.forgetting else [])
+    asked += ["knowledge"] if config.eval.knowledge else []
     if asked:
         problems.append(f"eval: {', '.join(asked)} generate text at the end of training, which is not wired for "
                         f"train.strategy {strategy}; remove them and run `whetstone eval --run RUN_DIR` afterwards.")

@@ -23,7 +23,7 @@ def add_parsers(subparsers) -> None:
         "eval", help="metrics, few-shot baselines, the ladder and the forgetting probe",
         description="Evaluate a model (or a run) on a data file: loss and perplexity, generation metrics, label "
         "accuracy and macro-F1, per task. --ladder compares zero-shot, K-shot and the tuned run; --forgetting "
-        "measures general ability before and after tuning.")
+        "measures general ability before and after tuning; --knowledge separates learnt facts from learnt style.")
     _add_model_args(p)
     p.add_argument("--data", metavar="FILE", help="records to evaluate (default: the run's data.eval, except with "
                    "--forgetting alone)")
@@ -40,6 +40,10 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--forgetting", action="store_true", help="run the general-ability probe on base and tuned")
     p.add_argument("--probe", action="append", default=[], metavar="FILE",
                    help="your own probe file (text and/or chat records) instead of examples/general_probe")
+    p.add_argument("--knowledge", metavar="DIR_OR_SPEC",
+                   help="knowledge against style (docs/knowledge.md): DIR holding train_wording.jsonl, "
+                   "paraphrase.jsonl and heldout.jsonl, or SET=FILE items, comma-separated (DIR,heldout=H.jsonl)")
+    p.add_argument("--no-base", action="store_true", help="with --knowledge: skip the base model (no style gain)")
     p.add_argument("--max-length", type=int, default=1024, metavar="N", help="tokens per example for the loss")
     p.add_argument("--answers", metavar="FILE", help="write each record's answer and reference to FILE (JSONL)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -134,6 +138,10 @@ def run_eval(args: argparse.Namespace) -> int:
         raise WhetstoneError(f"--shots: got {args.shots}; give a number of solved examples, e.g. 3.")
     if args.probe and not args.forgetting:
         raise WhetstoneError("--probe names the forgetting probe; add --forgetting.")
+    if args.no_base and not args.knowledge:
+        raise WhetstoneError("--no-base belongs to --knowledge; add --knowledge DIR.")
+    if args.knowledge and args.shots:
+        raise WhetstoneError("--shots does not apply to --knowledge: its sets ask zero-shot, as after tuning.")
     if (args.ladder or args.forgetting) and args.run is None and args.adapter is None:
         raise WhetstoneError("--ladder and --forgetting compare the base model with a fine-tuned one; pass --run "
                              "RUN_DIR, or --model M --adapter DIR.")
@@ -142,8 +150,9 @@ def run_eval(args: argparse.Namespace) -> int:
                              f"read. Score it with `whetstone predict --run {args.run} --data FILE`.")
     metrics = check_metrics(args.metrics)
     options = EvalOptions(metrics, args.max_new_tokens, args.batch_size, args.max_length)
-    # --forgetting alone runs only the probe; otherwise the data defaults to the run's data.eval.
-    data = args.data or (None if args.forgetting and not args.ladder else _run_data(args.run, "eval", "--data"))
+    # --forgetting or --knowledge alone runs only that; otherwise the data defaults to the run's data.eval.
+    alone = (args.forgetting or args.knowledge) and not args.ladder
+    data = args.data or (None if alone else _run_data(args.run, "eval", "--data"))
     records = _records(data, args.limit) if data else []
     shots_k = args.shots if args.shots is not None else (DEFAULT_SHOTS if args.ladder else 0)
     if args.ladder and shots_k == 0:
@@ -154,11 +163,18 @@ def run_eval(args: argparse.Namespace) -> int:
         from whetstone.evaluate.forgetting import load_probe, measure_forgetting
 
         probe = load_probe(args.probe)  # before any model loads: a bad probe file fails at once
+    knowledge = None
+    if args.knowledge:
+        from whetstone.evaluate.knowledge import load_sets, parse_spec
+
+        spec = parse_spec(args.knowledge)
+        knowledge = (spec, load_sets(spec, args.limit))  # before any model loads: bad sets fail at once
+    tuned_model = args.run is not None or args.adapter is not None
     device = _device(args.device)
     report: dict = {"data": data}
     answers = None
 
-    if args.ladder or args.forgetting:
+    if args.ladder or args.forgetting or (knowledge and tuned_model and not args.no_base):
         pair = ModelPair.load(args.model, args.adapter, args.run, device)
         model, tokenizer, who = pair.tuned, pair.tokenizer, pair.description
     else:
@@ -193,6 +209,22 @@ def run_eval(args: argparse.Namespace) -> int:
         rows = [{"origin": r.origin, "answer": a, "reference": ref}
                 for r, a, ref in zip(records, answers.answers, answers.references)]
         Path(args.answers).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+    if knowledge is not None:
+        from whetstone.evaluate.knowledge import measure_knowledge
+
+        spec, sets = knowledge
+        base = pair.base if tuned_model and not args.no_base else None  # a base model alone is its own base
+        result = measure_knowledge(model, tokenizer, sets, options, base, who, spec.paths())
+        report["knowledge"] = result.to_dict()
+        lines.append(result.table())
+        if args.run is not None:  # the run keeps its figures, with every answer, beside summary.json
+            (Path(args.run) / "knowledge.json").write_text(
+                json.dumps(result.to_dict(answers=True), indent=1, ensure_ascii=False) + "\n")
+        if args.answers and answers is None:
+            rows = [{"set": name, **row} for name, set_rows in result.to_dict(answers=True)["answers"].items()
+                    for row in set_rows]
+            Path(args.answers).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
     if probe is not None:
         forgetting = measure_forgetting(pair, probe, args.batch_size)

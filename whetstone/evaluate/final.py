@@ -7,6 +7,9 @@ and merges the returned dict into the summary:
                    macro_f1) on the first eval.final_limit eval records
     forgetting     with eval.forgetting: the general probe on the base and the tuned
                    model, and the deltas
+    knowledge      with eval.knowledge: the three knowledge sets on the tuned model and its
+                   base, and the knowledge, wording-only and style gains (every answer goes
+                   to knowledge.json); knowledge_*_gain repeat the ROUGE-L gains at top level
     canaries       with data.canaries: how many were planted (the secrets go to
                    canaries.json for `whetstone audit`)
 """
@@ -44,7 +47,7 @@ def final_evaluation(model: torch.nn.Module, tokenizer, config: RunConfig, run_p
         # The head predicts the label: labels.json, accuracy, macro-F1 and the confusion matrix come from it.
         out.update(classify_final(model, tokenizer, config, run_path, eval_records))
         metrics = []
-    if metrics or config.eval.forgetting:
+    if metrics or config.eval.forgetting or config.eval.knowledge:
         model.eval()
     if metrics:
         if not eval_records:
@@ -63,4 +66,18 @@ def final_evaluation(model: torch.nn.Module, tokenizer, config: RunConfig, run_p
         report = measure_forgetting(pair, load_probe(config.eval.probe_files()), config.eval.generation_batch_size)
         out["forgetting"] = report.to_dict()
         print(report.sentence(), flush=True)
+
+    knowledge = config.eval.knowledge_sets()
+    if knowledge is not None:
+        from whetstone.evaluate.knowledge import load_sets, measure_knowledge
+
+        pair = ModelPair(model, tokenizer, config.model, "the tuned model")
+        options = EvalOptions((), config.eval.max_new_tokens, config.eval.generation_batch_size, config.data.max_length)
+        report = measure_knowledge(model, tokenizer, load_sets(knowledge), options,
+                                   pair.base if knowledge.base else None, "the tuned model", knowledge.paths())
+        (Path(run_path) / "knowledge.json").write_text(json.dumps(report.to_dict(answers=True), indent=1,
+                                                                  ensure_ascii=False) + "\n")
+        out["knowledge"] = report.to_dict()
+        out.update(report.headline())  # flat: trackers log top-level numbers
+        print(report.table(), flush=True)
     return out
