@@ -313,6 +313,12 @@ class DataConfig:
     """T of data.mixing: temperature (mT5 used about 3.3); applies only with that mixing."""
     replay: ReplayConfig | None = None
     """{source: PATH, fraction: 0.1}: general data mixed in at that fraction of the draws, task 'replay'."""
+    packing: bool = False
+    """sft: concatenate a micro-batch's examples into rows of at most max_length tokens (attention stays within
+    each example), so less compute goes to padding. Same loss per example; see data/packing.py."""
+    group_by_length: bool = False
+    """Order each optimizer step's examples by length before splitting them into micro-batches (and processes),
+    so each pads less. Each step keeps the same examples; it helps only with grad_accum > 1 or several processes."""
 
     def validate(self) -> list[str]:
         problems = []
@@ -401,6 +407,9 @@ class TrainConfig:
     """Write a resumable checkpoint every N optimizer steps (and at the end)."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep."""
+    logit_chunk: int | None = 1024
+    """sft: supervised tokens per chunk of LM head + cross-entropy; bounds the head's memory to chunk x vocabulary
+    floats, with the same loss and gradients. null computes all logits at once."""
     strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = "auto"
     """How several processes share the work: ddp (full copy each), fsdp (full shard of weights, gradients and
     optimizer state), deepspeed (ZeRO, from train.deepspeed); auto: deepspeed when train.deepspeed is set,
@@ -439,6 +448,9 @@ class TrainConfig:
             problems.append(f"train.betas: got {self.betas}; must be two numbers in [0, 1), e.g. [0.9, 0.999].")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             problems.append(f"train.max_grad_norm: got {self.max_grad_norm}; must be positive, or null to disable.")
+        if self.logit_chunk is not None and self.logit_chunk < 1:
+            problems.append(f"train.logit_chunk: got {self.logit_chunk}; must be a positive number of tokens (e.g. "
+                            f"1024), or null to compute all logits at once.")
         return problems
 
 
@@ -632,6 +644,14 @@ class RunConfig:
                     f"eval: {self.objective.name} evaluates the held-out mean reward and KL itself, so it does not run "
                     f"{', '.join(asked)}; remove them, or evaluate the finished run with `whetstone eval --run`."
                 )
+        if self.data.packing and self.objective.name != "sft":
+            problems.append(f"data.packing: objective {self.objective.name} keeps one sequence per row (pairs, "
+                            f"classification, rollouts), so it cannot be packed; packing is for objective sft. "
+                            f"Set data.packing: false.")
+        if self.data.packing and self.model.attn_implementation == "flash_attention_2":
+            problems.append("data.packing with model.attn_implementation flash_attention_2: transformers reads packed "
+                            "examples from position ids there only for a single row, so attention would cross "
+                            "examples; use attn_implementation sdpa (or eager), or set data.packing: false.")
         if self.train.strategy in ("fsdp", "deepspeed") or self.train.deepspeed is not None:
             problems += sharding_problems(self, "deepspeed" if self.train.deepspeed else self.train.strategy)
         return problems
@@ -649,6 +669,9 @@ def sharding_problems(config: RunConfig, strategy: str) -> list[str]:
     if config.objective.name in ONLINE_OBJECTIVES:
         problems.append(f"objective: {config.objective.name} generates its own data in its own loop, which runs "
                         f"with ddp only; set train.strategy: ddp (or auto).")
+    if config.data.packing:
+        problems.append(f"data.packing with train.strategy {strategy}: packed batches are not tested with sharded "
+                        f"weights yet; set data.packing: false, or use train.strategy ddp.")
     asked = [m for m in config.eval.metrics if m != "loss"] + (["forgetting"] if config.eval.forgetting else [])
     asked += ["knowledge"] if config.eval.knowledge else []
     if asked:

@@ -29,6 +29,7 @@ class StepPlan:
     world_size: int
     total_steps: int
     mixture: Mixture | None = None  # several sources: the epoch's order comes from data/mixture.py
+    lengths: list[int] | None = None  # data.group_by_length: tokens of each example, to sort each step by
 
     @property
     def examples_per_step(self) -> int:
@@ -40,12 +41,13 @@ class StepPlan:
 
     @classmethod
     def build(cls, n_examples: int, batch_size: int, grad_accum: int, world_size: int,
-              epochs: float, max_steps: int | None, mixture: Mixture | None = None) -> "StepPlan":
+              epochs: float, max_steps: int | None, mixture: Mixture | None = None,
+              lengths: list[int] | None = None) -> StepPlan:
         if mixture is not None:
             n_examples = mixture.epoch_size
         per_epoch = math.ceil(n_examples / (batch_size * grad_accum * world_size))
         total = max_steps if max_steps is not None else max(1, math.ceil(epochs * per_epoch))
-        return cls(n_examples, batch_size, grad_accum, world_size, total, mixture)
+        return cls(n_examples, batch_size, grad_accum, world_size, total, mixture, lengths)
 
     def epoch_of(self, step: int) -> int:
         return step // self.steps_per_epoch
@@ -56,6 +58,10 @@ class StepPlan:
         order = self.mixture.epoch_order(seed, epoch) if self.mixture else epoch_order(self.n_examples, seed, epoch)
         i = step % self.steps_per_epoch
         chunk = order[i * self.examples_per_step : (i + 1) * self.examples_per_step]
+        if self.lengths is not None:
+            # Same examples in the step, longest first, so each micro-batch (and process) pads to a similar length.
+            # sorted() is stable: the order stays a pure function of (seed, step), and resume stays exact.
+            chunk = sorted(chunk, key=lambda index: -self.lengths[index])
         span = self.batch_size * self.world_size
         out = []
         for m in range(self.grad_accum):
@@ -70,6 +76,11 @@ class StepPlan:
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator).tolist()
+
+
+def example_lengths(examples: list) -> list[int]:
+    """Tokens of each example (for a preference pair, its longer row): what data.group_by_length sorts by."""
+    return [len(e.input_ids) for e in examples]
 
 
 def collate(examples: list[Rendered], pad_id: int) -> dict[str, torch.Tensor]:

@@ -4,12 +4,19 @@ A causal LM's head maps every position to vocabulary-sized logits: for the
 embedded model that is 49,152 floats per token, most of them at prompt positions
 whose labels are -100. `label_logits` runs the decoder, keeps the hidden states
 at supervised positions only, and applies the head there: (N, V) logits instead
-of (B, T, V).
+of (B, T, V). `label_cross_entropy` goes one step further for SFT: it applies
+the head and the cross-entropy `chunk` tokens at a time, so at most (chunk, V)
+logits exist at once, in the forward pass and in the backward pass.
+
+A packed batch (data/packing.py) carries position_ids and example_ids; it goes
+to the decoder without its 2D attention mask, so that transformers builds the
+block-diagonal causal mask from the position ids.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from whetstone.data.render import IGNORE
 
@@ -22,6 +29,25 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def label_hidden(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final hidden states at the positions that predict a supervised label, and those labels.
+
+    Returns (hidden (N, H), targets (N,)), N = supervised tokens in the batch, in row-major order.
+    """
+    lm = unwrap(model)
+    # Packed rows: no 2D mask, so transformers reads the example boundaries from position_ids (see data/packing.py).
+    attention_mask = None if "example_ids" in batch else batch["attention_mask"]
+    hidden = lm.get_decoder()(
+        input_ids=batch["input_ids"],
+        attention_mask=attention_mask,
+        position_ids=batch.get("position_ids"),
+        use_cache=False,
+    ).last_hidden_state  # (B, T, H)
+    targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
+    keep = targets != IGNORE
+    return hidden[:, :-1][keep], targets[keep]  # (N, H), (N,)
+
+
 def label_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits at the positions that predict a supervised label, and those labels.
 
@@ -30,16 +56,89 @@ def label_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tupl
     the (B, T, V) tensor.
     """
     lm = unwrap(model)
-    hidden = lm.get_decoder()(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=batch.get("position_ids"),
-        use_cache=False,
-    ).last_hidden_state  # (B, T, H)
-    targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
-    keep = targets != IGNORE
-    logits = lm.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V)
+    hidden, targets = label_hidden(model, batch)
+    logits = lm.get_output_embeddings()(hidden)  # (N, V)
     softcap = getattr(lm.config, "final_logit_softcapping", None)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
-    return logits, targets[keep]
+    return logits, targets
+
+
+def label_cross_entropy(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                        chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token cross-entropy at the supervised positions: (loss summed (scalar), per-token loss (N,), detached).
+
+    With `chunk`, the head and the loss run `chunk` tokens at a time and their gradients are computed in the
+    same pass (see _ChunkedHeadCrossEntropy), so peak memory holds (chunk, V) logits instead of two (N, V)
+    tensors. The result equals the unchunked one up to float summation order.
+    """
+    lm = unwrap(model)
+    hidden, targets = label_hidden(model, batch)  # (N, H), (N,)
+    head = lm.get_output_embeddings()
+    softcap = getattr(lm.config, "final_logit_softcapping", None) or None
+    # Only a plain Linear head is read as (weight, bias): a LoRA-wrapped or quantised head runs as a module.
+    if chunk is None or type(head) is not torch.nn.Linear:
+        logits = head(hidden)  # (N, V)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        token_loss = F.cross_entropy(logits.float(), targets, reduction="none")  # (N,)
+        return token_loss.sum(), token_loss.detach()
+    return _ChunkedHeadCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk, softcap)
+
+
+class _ChunkedHeadCrossEntropy(torch.autograd.Function):
+    """sum_i CE(softcap(h_i W^T + b), y_i) over chunks, with d/dh, d/dW, d/db computed chunk by chunk in forward.
+
+    Chunking the forward alone would not bound memory: autograd would keep every chunk's (chunk, V)
+    log-softmax for the backward pass, N x V in all. So each chunk's gradient is taken at once,
+    dCE/dz = softmax(z) - onehot(y) (times 1 - (z/c)^2 through a softcap c), and only the (N, H) and
+    (V, H) results are kept. The loss is a sum, so the backward pass scales them by its incoming scalar.
+    Nothing is recomputed, so it costs no more compute than autograd over the whole (N, V).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk, softcap):
+        n = hidden.shape[0]
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        token_loss = torch.empty(n, dtype=torch.float32, device=hidden.device)  # (N,)
+        grad_h = torch.empty_like(hidden) if need_h else None  # (N, H)
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None  # (V, H)
+        grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None  # (V,)
+        for start in range(0, n, chunk):
+            h = hidden[start : start + chunk]  # (C, H)
+            y = targets[start : start + chunk]  # (C,)
+            logits = F.linear(h, weight, bias)  # (C, V), in autocast's dtype, as the unchunked head
+            z = logits.float()
+            if softcap:
+                z = torch.tanh(z / softcap) * softcap
+            log_probs = torch.log_softmax(z, dim=-1)  # (C, V)
+            token_loss[start : start + chunk] = -log_probs.gather(1, y[:, None]).squeeze(1)
+            if not (need_h or need_w or need_b):
+                continue
+            grad_z = log_probs.exp_()  # (C, V): softmax, in place of the log-probs
+            grad_z[torch.arange(len(y), device=y.device), y] -= 1.0
+            if softcap:
+                grad_z *= 1.0 - (z / softcap) ** 2
+            grad_logits = grad_z.to(logits.dtype)
+            if need_h:
+                grad_h[start : start + chunk] = (grad_logits @ weight.to(logits.dtype)).to(hidden.dtype)
+            if need_w:
+                grad_w += (grad_logits.t() @ h.to(logits.dtype)).float()
+            if need_b:
+                grad_b += grad_z.sum(0)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.mark_non_differentiable(token_loss)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        return token_loss.sum(), token_loss
+
+    @staticmethod
+    def backward(ctx, grad_sum, grad_token_loss):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        scale = grad_sum  # scalar: the loop multiplies the loss sum by 1 / (units of the step)
+        w_dtype, b_dtype = ctx.dtypes
+        return (
+            None if grad_h is None else grad_h * scale.to(grad_h.dtype),
+            None if grad_w is None else (grad_w * scale).to(w_dtype),
+            None if grad_b is None else (grad_b * scale).to(b_dtype),
+            None, None, None,
+        )

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from whetstone.config import RunConfig, TrainConfig
-from whetstone.data.batches import StepPlan
+from whetstone.data.batches import StepPlan, example_lengths
 from whetstone.data.dataset import DataStats, load_splits, plan_mixture, summarize_preparation
 from whetstone.errors import WhetstoneError
 from whetstone.evaluate.final import final_evaluation
@@ -33,6 +33,7 @@ from whetstone.evaluate.loss import objective_loss
 from whetstone.methods import apply_method, count_parameters, is_adapter_model
 from whetstone.models import load_model, load_tokenizer
 from whetstone.objectives import OBJECTIVES
+from whetstone.objectives.sft import packed_sft
 from whetstone.train import distributed
 from whetstone.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from whetstone.train.device import autocast_context, resolve_device
@@ -157,6 +158,8 @@ def train(
     _seed_everything(cfg.seed)
 
     objective = OBJECTIVES[config.objective.name]
+    if config.data.packing:  # several examples per row; config validation allows it for sft only
+        objective = packed_sft(config.data.max_length)
     tokenizer = load_tokenizer(config.model, config.data.chat_template)
     train_records, eval_records, data_stats = load_splits(config.data, cfg.seed)
     train_set = objective.prepare(train_records, tokenizer, config.data, data_stats)
@@ -191,7 +194,8 @@ def train(
     runner = distributed.LossRunner(model, objective, context, device, strategy)  # FSDP shards the model here
     optimizer = build_optimizer(model, cfg)
     plan = StepPlan.build(len(train_set.examples), per_process_batch(cfg, world_size), cfg.grad_accum, world_size,
-                          cfg.epochs, cfg.max_steps, mixture)
+                          cfg.epochs, cfg.max_steps, mixture,
+                          example_lengths(train_set.examples) if config.data.group_by_length else None)
     warmup_steps = math.ceil(cfg.warmup * plan.total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, plan.total_steps, warmup_steps, cfg.schedule)

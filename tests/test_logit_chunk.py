@@ -1,0 +1,69 @@
+"""train.logit_chunk: the LM head and cross-entropy in chunks give the unchunked loss and gradients."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+from whetstone.data.batches import collate
+from whetstone.data.packing import collate_packed
+from whetstone.data.records import Message, Record
+from whetstone.data.render import render_record
+from whetstone.objectives.sft import SFTContext, sft_loss
+
+
+def _batch(tokenizer, packed=False):
+    records = [
+        Record("chat", f"mem:{i}", messages=(Message("user", f"What is {i} times {i}?" + " Quick." * i),
+                                             Message("assistant", f"It is {i * i}." + " Done." * (i % 3))))
+        for i in range(6)
+    ]
+    examples = [render_record(r, tokenizer, 256, False) for r in records]
+    return collate_packed(examples, tokenizer.pad_token_id, 256) if packed else collate(examples, tokenizer.pad_token_id)
+
+
+def _loss_and_grads(model, batch, chunk):
+    model.zero_grad(set_to_none=True)
+    out = sft_loss(model, batch, SFTContext(chunk))
+    (out.loss_sum / out.units).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return out, grads
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "softcap"])
+def test_chunked_head_equals_unchunked(tiny_model_dir, tiny_tokenizer, method):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    if method == "lora":
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    if method == "softcap":  # Gemma-2-style logit softcapping goes through its own derivative
+        model.config.final_logit_softcapping = 3.0
+    batch = _batch(tiny_tokenizer)
+    whole, grads_whole = _loss_and_grads(model, batch, None)
+    chunked, grads_chunked = _loss_and_grads(model, batch, 7)  # 7 does not divide N: a ragged last chunk
+    assert whole.units == chunked.units > 7 * 3
+    torch.testing.assert_close(chunked.loss_sum, whole.loss_sum, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(chunked.row_loss, whole.row_loss, atol=1e-6, rtol=1e-6)
+    assert grads_whole.keys() == grads_chunked.keys() and len(grads_whole) > 0
+    if method != "lora":
+        assert "model.embed_tokens.weight" in grads_whole  # the tied head's gradient is part of the comparison
+    worst = max(float((grads_chunked[n] - grads_whole[n]).abs().max()) for n in grads_whole)
+    print(f"max gradient delta, chunked vs unchunked ({method}): {worst:.2e}")
+    assert worst < 1e-6
+
+
+def test_chunked_head_on_a_packed_batch(tiny_model_dir, tiny_tokenizer):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    plain, grads_plain = _loss_and_grads(model, _batch(tiny_tokenizer), None)
+    packed, grads_packed = _loss_and_grads(model, _batch(tiny_tokenizer, packed=True), 5)
+    torch.testing.assert_close(packed.loss_sum, plain.loss_sum, atol=1e-5, rtol=1e-6)
+    for name in grads_plain:
+        torch.testing.assert_close(grads_packed[name], grads_plain[name], atol=1e-6, rtol=1e-5)
+
+
+def test_chunked_head_without_grad_returns_the_loss(tiny_model_dir, tiny_tokenizer):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    batch = _batch(tiny_tokenizer)
+    with torch.no_grad():
+        reference = model(**batch).loss  # transformers' own mean over the shifted labels
+        out = sft_loss(model, batch, SFTContext(4))
+    torch.testing.assert_close(out.loss_sum / out.units, reference, atol=1e-6, rtol=1e-6)

@@ -1,0 +1,109 @@
+"""data.packing: several examples per row, each attending only to itself; the same losses as unpacked."""
+
+import json
+
+import pytest
+import torch
+from tiny_runs import tiny_config
+from transformers import AutoModelForCausalLM
+
+from whetstone.config import ConfigError, load_config
+from whetstone.data.batches import collate, supervised_count
+from whetstone.data.packing import collate_packed, pack_rows, padding_fraction
+from whetstone.data.records import Message, Record
+from whetstone.data.render import IGNORE, render_record
+from whetstone.objectives.sft import SFTContext, sft_loss
+from whetstone.train.loop import train
+
+
+def _examples(tokenizer, n=10, train_on_prompt=False):
+    records = [
+        Record("chat", f"mem:{i}", messages=(Message("user", f"What is {i} plus {i}?" + " Please answer." * (i % 3)),
+                                             Message("assistant", f"{i} plus {i} is {2 * i}." + " Sum." * (i % 4))))
+        for i in range(n)
+    ]
+    return [render_record(r, tokenizer, 256, train_on_prompt) for r in records]
+
+
+def test_pack_rows_is_first_fit_decreasing_and_never_splits():
+    # Longest first: 6 opens row 0, 5 opens row 1 (6 + 5 > 9), 4 fills row 1, 3 fills row 0, 2 opens row 2.
+    assert pack_rows([3, 6, 2, 5, 4], capacity=9) == [[1, 0], [3, 4], [2]]
+    assert pack_rows([12, 1], capacity=10) == [[0], [1]]  # too long for a row: a row of its own
+
+
+def test_packed_batch_layout(tiny_tokenizer):
+    examples = _examples(tiny_tokenizer, train_on_prompt=True)  # every token supervised: the boundary matters
+    plain = collate(examples, tiny_tokenizer.pad_token_id)
+    packed = collate_packed(examples, tiny_tokenizer.pad_token_id, max_length=128)
+    lengths = [len(e.input_ids) for e in examples]
+    assert packed["input_ids"].shape[0] < len(examples) and packed["input_ids"].shape[1] <= 128
+    # Same real tokens, same supervised tokens: the first token of each example is never a target.
+    assert int(packed["attention_mask"].sum()) == sum(lengths)
+    assert supervised_count(packed) == supervised_count(plain) == sum(e.n_supervised for e in examples)
+    for index, example in enumerate(examples):
+        row, cols = (packed["example_ids"] == index).nonzero(as_tuple=True)
+        assert row.unique().numel() == 1 and cols.numel() == lengths[index]
+        r, start = int(row[0]), int(cols[0])
+        assert packed["input_ids"][r, cols].tolist() == example.input_ids
+        assert packed["position_ids"][r, cols].tolist() == list(range(lengths[index]))
+        assert int(packed["labels"][r, start]) == IGNORE
+        assert packed["labels"][r, cols[1:]].tolist() == example.labels[1:]
+    assert padding_fraction([packed]) < padding_fraction([plain])
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@torch.no_grad()
+def test_per_example_losses_equal_unpacked(tiny_model_dir, tiny_tokenizer, attn):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attn)
+    examples = _examples(tiny_tokenizer)
+    plain = sft_loss(model, collate(examples, tiny_tokenizer.pad_token_id), SFTContext(None))
+    packed_batch = collate_packed(examples, tiny_tokenizer.pad_token_id, max_length=128)
+    packed = sft_loss(model, packed_batch, SFTContext(None))
+    assert packed_batch["input_ids"].shape[0] <= 5  # 10 examples share 5 rows or fewer
+    assert packed.units == plain.units and torch.equal(packed.row_units, plain.row_units)
+    delta = float((packed.row_loss / packed.row_units - plain.row_loss / plain.row_units).abs().max())
+    print(f"max per-example loss delta, packed vs unpacked ({attn}): {delta:.2e}")
+    assert delta < 1e-4
+    # Attention leaking across examples would move these losses by far more than 1e-4.
+    # Without example_ids the 2D mask goes in, and each row is one long causal sequence.
+    leaky = {key: value for key, value in packed_batch.items() if key != "example_ids"}
+    loss_leaky = sft_loss(model, leaky, SFTContext(None)).loss_sum
+    assert abs(float(loss_leaky) - float(plain.loss_sum)) / plain.units > 1e-3
+
+
+def _losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_packed_training_follows_the_unpacked_trajectory(tmp_path, tiny_model_dir, qa_file, monkeypatch):
+    from whetstone.objectives import sft
+
+    rows = []  # (examples, rows) of every packed micro-batch the loop ran
+    real_collate = sft.collate_packed
+    monkeypatch.setattr(sft, "collate_packed", lambda examples, pad_id, max_length: rows.append(
+        (len(examples), (batch := real_collate(examples, pad_id, max_length))["input_ids"].shape[0])) or batch)
+    losses = {}
+    for packing in (False, True):
+        config = tiny_config(tiny_model_dir, qa_file, "train.max_steps=10", "train.batch_size=8",
+                             "data.max_length=192", f"data.packing={str(packing).lower()}")
+        summary = train(config, tmp_path / f"packing-{packing}", progress=False)
+        losses[packing] = _losses(tmp_path / f"packing-{packing}")
+        assert summary["steps"] == 10
+    delta = max(abs(a - b) for a, b in zip(losses[True], losses[False]))
+    print(f"max step-loss delta over 10 steps, packed vs unpacked: {delta:.2e}")
+    assert len(losses[True]) == 10 and delta < 1e-4
+    assert len(rows) == 10 and all(n_rows < n for n, n_rows in rows)  # every step really ran packed
+    assert losses[True][-1] < losses[True][0]  # it trained
+
+
+def test_packing_is_refused_where_it_cannot_apply(tiny_model_dir, qa_file):
+    for objective in ("dpo", "classify", "reward", "kto"):
+        with pytest.raises(ConfigError, match=f"data.packing: objective {objective}"):
+            load_config(None, [f"model={tiny_model_dir}", f"data.train={qa_file}", f"objective={objective}",
+                               "data.packing=true"])
+    with pytest.raises(ConfigError, match="data.packing with model.attn_implementation flash_attention_2"):
+        load_config(None, [f"model={tiny_model_dir}", f"data.train={qa_file}", "data.packing=true",
+                           "model.attn_implementation=flash_attention_2"])
+    with pytest.raises(ConfigError, match="data.packing with train.strategy fsdp"):
+        load_config(None, [f"model={tiny_model_dir}", f"data.train={qa_file}", "train.strategy=fsdp",
+                           "data.packing=true"])

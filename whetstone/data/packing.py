@@ -1,0 +1,94 @@
+"""Sequence packing for SFT: the examples of a micro-batch share rows instead of padding.
+
+A micro-batch of short and long examples padded to the longest wastes most of
+its compute on padding. Packing concatenates whole examples into rows of at most
+data.max_length tokens (first-fit decreasing; an example is never split), so a
+micro-batch of 8 short examples may become 2 or 3 dense rows.
+
+Packing changes only the layout, never what is computed:
+
+- position_ids restart at 0 for each example (rotary embeddings see the same
+  positions as unpacked);
+- attention is confined to each example. transformers (masking_utils:
+  find_packed_sequence_indices) builds that block-diagonal causal mask itself
+  when it gets position_ids and no attention_mask, for sdpa and eager; so a
+  packed batch carries no 2D mask into the model (models/forward.py leaves it
+  out). flash_attention_2 reads packing from position_ids only for one row
+  (modeling_flash_attention_utils._is_packed_sequence), so config.py refuses it;
+- the first token of each example gets the label -100, as it has in its own
+  row: it must not be predicted from the previous example's last token;
+- `example_ids` says which example of the micro-batch each token belongs to, so
+  per-example (per-task) losses stay right.
+
+The step's examples, its supervised-token count and so the loss normalisation
+are those of the unpacked batch: a packed run follows the unpacked trajectory up
+to float summation order. Dropout is the exception: its masks follow the tensor
+layout, so packed and unpacked runs agree exactly only with dropout 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from whetstone.data.render import IGNORE, Rendered
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Indices of the examples in each row: first-fit decreasing, each row holding at most `capacity` tokens.
+
+    An example longer than `capacity` (not produced by data/render.py, which truncates) gets a row of its own.
+    Deterministic: ties keep the micro-batch's order.
+    """
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for row, free in enumerate(room):
+            if lengths[index] <= free:
+                rows[row].append(index)
+                room[row] -= lengths[index]
+                break
+        else:
+            rows.append([index])
+            room.append(capacity - lengths[index])
+    return rows
+
+
+def collate_packed(examples: list[Rendered], pad_id: int, max_length: int) -> dict[str, torch.Tensor]:
+    """Pack `examples` into rows of at most `max_length` tokens, right-padded to the longest row.
+
+    Besides input_ids, labels and attention_mask (1 on real tokens: the loop counts real tokens with it),
+    the batch holds position_ids and example_ids (-1 on padding), each (R, T).
+    """
+    lengths = [len(e.input_ids) for e in examples]
+    rows = pack_rows(lengths, max_length)
+    length = max(sum(lengths[i] for i in row) for row in rows)
+    shape = (len(rows), length)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)  # (R, T)
+    labels = torch.full(shape, IGNORE, dtype=torch.long)  # (R, T)
+    attention_mask = torch.zeros(shape, dtype=torch.long)  # (R, T)
+    position_ids = torch.zeros(shape, dtype=torch.long)  # (R, T)
+    example_ids = torch.full(shape, -1, dtype=torch.long)  # (R, T)
+    for r, members in enumerate(rows):
+        start = 0
+        for index in members:
+            n = lengths[index]
+            span = slice(start, start + n)
+            input_ids[r, span] = torch.tensor(examples[index].input_ids)
+            labels[r, span] = torch.tensor(examples[index].labels)
+            labels[r, start] = IGNORE  # would be predicted from the previous example's last token
+            attention_mask[r, span] = 1
+            position_ids[r, span] = torch.arange(n)
+            example_ids[r, span] = index
+            start += n
+        # Padding counts from 0 as well: transformers then sees it as one more sequence, which
+        # attends only to itself, so real tokens never attend to it.
+        position_ids[r, start:] = torch.arange(length - start)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+            "position_ids": position_ids, "example_ids": example_ids}
+
+
+def padding_fraction(batches: list[dict[str, torch.Tensor]]) -> float:
+    """Share of the positions in `batches` that are padding, i.e. compute spent on nothing."""
+    total = sum(b["attention_mask"].numel() for b in batches)
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    return 1.0 - real / max(total, 1)
