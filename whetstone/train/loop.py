@@ -193,6 +193,7 @@ def train(
          f"{trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f}%)")
     runner = distributed.LossRunner(model, objective, context, device, strategy)  # FSDP shards the model here
     optimizer = build_optimizer(model, cfg)
+    runner.start(optimizer, config)  # DeepSpeed: its engine takes over backward, clipping and the optimizer step
     plan = StepPlan.build(len(train_set.examples), per_process_batch(cfg, world_size), cfg.grad_accum, world_size,
                           cfg.epochs, cfg.max_steps, mixture,
                           example_lengths(train_set.examples) if config.data.group_by_length else None)
@@ -233,7 +234,7 @@ def train(
                 with runner.accumulating(last_micro_batch=i == len(batches) - 1):
                     with autocast():
                         out = runner(batch)
-                    (out.loss_sum * (weight * runner.grad_scale / max(step_units, 1))).backward()
+                    runner.backward(out.loss_sum * (weight * runner.grad_scale / max(step_units, 1)))
                 step_loss_sum += float(out.loss_sum.detach()) * weight
                 if task_of is not None and out.row_loss is not None and weight:
                     for example, loss, units in zip(shares[i], out.row_loss.tolist(), out.row_units.tolist()):
@@ -244,7 +245,8 @@ def train(
                 step_tokens += int(batch["attention_mask"].sum()) if weight else 0
             step_tokens = int(distributed.sum_across(step_tokens))  # real tokens of every process
             state.tokens += step_tokens
-            grad_norm = _clip_and_measure(model, cfg.max_grad_norm)
+            # DeepSpeed clips and steps in one call, and skips a non-finite gradient itself (checked below).
+            grad_norm = runner.step() if runner.engine is not None else _clip_and_measure(model, cfg.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
             if not distributed.all_finite(step_loss_sum, grad_norm):
                 origins = [train_set.origins[i] for idx in shares for i in idx]
@@ -254,7 +256,7 @@ def train(
                 _say(f"step {state.step + 1}: non-finite loss or gradient, step skipped "
                      f"(train.skip_nonfinite; {state.skipped_steps} so far); records: {', '.join(origins[:8])}")
                 optimizer.zero_grad(set_to_none=True)
-            else:
+            elif runner.engine is None:  # under DeepSpeed, runner.step() applied it
                 optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
