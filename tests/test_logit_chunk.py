@@ -60,10 +60,17 @@ def test_chunked_head_on_a_packed_batch(tiny_model_dir, tiny_tokenizer):
         torch.testing.assert_close(grads_packed[name], grads_plain[name], atol=1e-6, rtol=1e-5)
 
 
-def test_chunked_head_without_grad_returns_the_loss(tiny_model_dir, tiny_tokenizer):
+def test_chunked_head_without_grad_returns_the_loss_and_takes_no_gradient(tiny_model_dir, tiny_tokenizer,
+                                                                          monkeypatch):
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     batch = _batch(tiny_tokenizer)
-    with torch.no_grad():
+    softmaxes = []  # the gradient path turns each chunk's log-probs into softmax in place (exp_)
+    real_exp_ = torch.Tensor.exp_
+    monkeypatch.setattr(torch.Tensor, "exp_", lambda t: softmaxes.append(t.shape) or real_exp_(t))
+    with torch.no_grad():  # evaluation: the parameters still require grad, but nothing may be computed for them
         reference = model(**batch).loss  # transformers' own mean over the shifted labels
         out = sft_loss(model, batch, SFTContext(4))
     torch.testing.assert_close(out.loss_sum / out.units, reference, atol=1e-6, rtol=1e-6)
+    assert softmaxes == []
+    _loss_and_grads(model, batch, 4)  # with gradients, every chunk does
+    assert len(softmaxes) == -(-out.units // 4)

@@ -83,7 +83,9 @@ def label_cross_entropy(model: torch.nn.Module, batch: dict[str, torch.Tensor],
             logits = torch.tanh(logits / softcap) * softcap
         token_loss = F.cross_entropy(logits.float(), targets, reduction="none")  # (N,)
         return token_loss.sum(), token_loss.detach()
-    return _ChunkedHeadCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk, softcap)
+    # Under no_grad (evaluation) the Function still sees inputs that require grad: tell it not to take gradients.
+    return _ChunkedHeadCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk, softcap,
+                                          torch.is_grad_enabled())
 
 
 class _ChunkedHeadCrossEntropy(torch.autograd.Function):
@@ -97,9 +99,9 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk, softcap):
+    def forward(ctx, hidden, weight, bias, targets, chunk, softcap, grad_enabled):
         n = hidden.shape[0]
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        need_h, need_w, need_b = (grad_enabled and need for need in ctx.needs_input_grad[:3])
         token_loss = torch.empty(n, dtype=torch.float32, device=hidden.device)  # (N,)
         grad_h = torch.empty_like(hidden) if need_h else None  # (N, H)
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None  # (V, H)
@@ -140,5 +142,5 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
             None if grad_h is None else grad_h * scale.to(grad_h.dtype),
             None if grad_w is None else (grad_w * scale).to(w_dtype),
             None if grad_b is None else (grad_b * scale).to(b_dtype),
-            None, None, None,
+            None, None, None, None,
         )
