@@ -224,6 +224,17 @@ def test_a_stacked_run_loads_with_its_whole_stack(stacked, tiny_model_dir):
             resolve_adapter(spec)
 
 
+def test_an_unfinished_pipeline_names_its_stages_instead_of_loading(tmp_path, tiny_model_dir):
+    from whetstone.errors import WhetstoneError
+    from whetstone.models.inference import load_for_inference
+
+    pipeline = tmp_path / "pipeline"
+    pipeline.mkdir()
+    (pipeline / "config.yaml").write_text(_write_pipeline(tmp_path, tiny_model_dir, "stack").read_text())
+    with pytest.raises(WhetstoneError, match="has not finished its last stage"):
+        load_for_inference(run=str(pipeline))
+
+
 def test_a_stacked_run_exports_merged_with_its_stack_and_refuses_peft(stacked, tiny_model_dir, tmp_path):
     from whetstone.errors import WhetstoneError
     from whetstone.export.formats import export_run
