@@ -13,14 +13,14 @@
 
 How a LoRA stage hands over to the next (`stages_adapters`):
 
-    merge     the adapter is folded into the stage's base (W + (alpha/r) B A, peft's merge_and_unload)
+    merge     the adapter is folded into the stage's base (W + (alpha/r) B A in float64, rounded once)
               and saved as merged/, a full HF model; the next stage puts a fresh adapter on it. Costs
               one copy of the weights per stage; every stage learns its own low-rank update.
     stack     every stage's adapter is kept, frozen, and the next stage trains a fresh adapter on top
               (method.base_adapters lists the earlier stages' adapter/ directories, folded into the
               base in memory when the model loads: methods/lora.py). Costs one adapter per stage and
               no full copy; each stage learns its own update, and any stage's run directory loads
-              with everything under it (generate, eval, export merged/gguf, serve).
+              with everything under it (generate, eval, export merged/gguf; serve the merged export).
     continue  the next stage trains the SAME adapter on (method.init_adapter is the previous stage's
               adapter/, trainable, with its optimizer state reset). Costs nothing but the adapter;
               all stages share one rank-r update. The only choice for qlora.
