@@ -10,9 +10,8 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from tiny_runs import latest_trainable, tiny_config
 
-from tiny_runs import tiny_config
 from whetstone.errors import WhetstoneError
 from whetstone.train import checkpoint as checkpoint_module
 from whetstone.train.loop import train
@@ -30,11 +29,6 @@ def _command(model_dir, data, run, *extra):
     return command
 
 
-def _final(run):
-    latest = (run / "checkpoints" / "latest").read_text()
-    return load_file(str(run / "checkpoints" / latest / "trainable.safetensors"))
-
-
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory, tiny_model_dir):
     """The uninterrupted reference run, in a subprocess like the killed ones."""
@@ -46,7 +40,7 @@ def straight_run(tmp_path_factory, tiny_model_dir):
     run = base / "straight"
     subprocess.run(_command(tiny_model_dir, data, run), check=True, capture_output=True,
                    env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    return data, _final(run)
+    return data, latest_trainable(run)
 
 
 # Kill points: after N metrics lines (mid-run), and inside a checkpoint write (the temp dir exists).
@@ -67,7 +61,7 @@ def test_kill_9_then_resume_is_bitwise_equal(tmp_path, tiny_model_dir, straight_
     assert not (run / "adapter").exists()
     subprocess.run([sys.executable, "-m", "whetstone", "train", "--resume", str(run), "--quiet"], check=True,
                    capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    got = _final(run)
+    got = latest_trainable(run)
     assert all(torch.equal(expected[n], got[n]) for n in expected)
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert steps == list(range(1, STEPS + 1))
@@ -90,7 +84,7 @@ def test_kill_9_inside_a_checkpoint_write(tmp_path, tiny_model_dir, straight_run
     assert (run / "checkpoints" / "latest").read_text() == "step-0000002"
     subprocess.run([sys.executable, "-m", "whetstone", "train", "--resume", str(run), "--quiet"], check=True,
                    capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    got = _final(run)
+    got = latest_trainable(run)
     assert all(torch.equal(expected[n], got[n]) for n in expected)
     assert not any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())
 
@@ -153,5 +147,5 @@ def test_skip_nonfinite_skips_and_counts(tmp_path, tiny_model_dir, qa_file, monk
     config = tiny_config(tiny_model_dir, qa_file, "train.max_steps=4", "train.skip_nonfinite=true")
     summary = train(config, tmp_path / "run", progress=False)
     assert summary["steps"] == 4 and summary["skipped_steps"] == 1
-    weights = _final(tmp_path / "run")
+    weights = latest_trainable(tmp_path / "run")
     assert all(torch.isfinite(t).all() for t in weights.values())

@@ -4,15 +4,10 @@ import shutil
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from tiny_runs import tiny_config
-from two_processes import compare_with_single, latest_checkpoint, torchrun
+from tiny_runs import latest_trainable, tiny_config
+from two_processes import compare_with_single, torchrun
 
 from whetstone.train.loop import train
-
-
-def _weights(run):
-    return load_file(str(latest_checkpoint(run) / "trainable.safetensors"))
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -40,6 +35,6 @@ def test_checkpoint_from_two_processes_resumes_on_one(tmp_path, tiny_model_dir, 
     (run / "checkpoints" / "latest").write_text("step-0000005")
     summary = train(None, run, resume=True, progress=False)  # one process now, 8 examples per micro-batch
     assert summary["steps"] == 10
-    wa, wb = _weights(reference), _weights(run)
+    wa, wb = latest_trainable(reference), latest_trainable(run)
     for name in wa:
         torch.testing.assert_close(wa[name], wb[name], atol=1e-5, rtol=0)

@@ -5,8 +5,7 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from tiny_runs import tiny_config
+from tiny_runs import latest_trainable, tiny_config
 
 from whetstone.data.batches import StepPlan, collate
 from whetstone.data.packing import padding_fraction
@@ -56,11 +55,6 @@ def _losses(run_dir):
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def _final_weights(run_dir):
-    latest = (run_dir / "checkpoints" / "latest").read_text()
-    return load_file(str(run_dir / "checkpoints" / latest / "trainable.safetensors"))
-
-
 def test_grouped_run_follows_the_ungrouped_trajectory(tmp_path, tiny_model_dir, qa_file):
     runs = {}
     for grouped in (False, True):
@@ -68,7 +62,7 @@ def test_grouped_run_follows_the_ungrouped_trajectory(tmp_path, tiny_model_dir, 
         train(tiny_config(tiny_model_dir, qa_file, "train.max_steps=6", "train.batch_size=2", "train.grad_accum=4",
                           f"data.group_by_length={str(grouped).lower()}"), runs[grouped], progress=False)
     assert _losses(runs[True]) == pytest.approx(_losses(runs[False]), abs=1e-5)
-    a, b = _final_weights(runs[True]), _final_weights(runs[False])
+    a, b = latest_trainable(runs[True]), latest_trainable(runs[False])
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0)
 

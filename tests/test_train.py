@@ -4,19 +4,14 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from tiny_runs import latest_trainable, tiny_config
 
-from tiny_runs import tiny_config
 from whetstone.errors import WhetstoneError
 from whetstone.train.loop import train
 
 
 def _losses(run_dir):
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _final_weights(run_dir):
-    return load_file(str(run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text() / "trainable.safetensors"))
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -30,7 +25,7 @@ def test_batch_8x1_equals_2x4(tmp_path, tiny_model_dir, qa_file, method):
     a, b = runs[(8, 1)], runs[(2, 4)]
     assert _losses(a) == pytest.approx(_losses(b), abs=1e-5)
     assert len(_losses(a)) == 4
-    wa, wb = _final_weights(a), _final_weights(b)
+    wa, wb = latest_trainable(a), latest_trainable(b)
     assert wa.keys() == wb.keys() and len(wa) > 0
     for name in wa:
         torch.testing.assert_close(wa[name], wb[name], atol=1e-5, rtol=0)
@@ -56,7 +51,7 @@ def test_resumed_run_is_bitwise_equal_to_uninterrupted(tmp_path, tiny_model_dir,
     resumed = train(None, stopped, resume=True, progress=False)
     assert resumed["steps"] == 6 and not resumed["stopped_early"]
 
-    a, b = _final_weights(straight), _final_weights(stopped)
+    a, b = latest_trainable(straight), latest_trainable(stopped)
     assert all(torch.equal(a[n], b[n]) for n in a), "resumed weights differ from the uninterrupted run"
     assert _losses(straight) == _losses(stopped)  # metrics.jsonl has no duplicated or missing step
 

@@ -34,3 +34,15 @@ def random_adapter(out: Path, model_dir) -> Path:
     get_peft_model(base, config).save_pretrained(str(out))
     load_tokenizer(str(model_dir)).save_pretrained(str(out))
     return out
+
+
+def latest_checkpoint(run: Path) -> Path:
+    """The checkpoint directory `checkpoints/latest` names."""
+    return run / "checkpoints" / (run / "checkpoints" / "latest").read_text()
+
+
+def latest_trainable(run: Path) -> dict:
+    """The trainable weights of a run's latest checkpoint, by name."""
+    from safetensors.torch import load_file
+
+    return load_file(str(latest_checkpoint(run) / "trainable.safetensors"))

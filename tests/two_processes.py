@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from tiny_runs import latest_checkpoint, latest_trainable
 
 
 def free_port() -> int:
@@ -40,10 +41,6 @@ def rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def latest_checkpoint(run: Path) -> Path:
-    return run / "checkpoints" / (run / "checkpoints" / "latest").read_text()
-
-
 def max_delta(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
@@ -65,8 +62,7 @@ def compare_with_single(single: Path, other: Path, method: str, steps: int = 10)
     assert all(abs(x - y) < 1e-5 for x, y in evals), evals
 
     # The checkpoint, gathered into the one-process layout, and the optimizer state in it.
-    ckpt_delta = max_delta(load_file(str(latest_checkpoint(single) / "trainable.safetensors")),
-                           load_file(str(latest_checkpoint(other) / "trainable.safetensors")))
+    ckpt_delta = max_delta(latest_trainable(single), latest_trainable(other))
     opt_a = torch.load(latest_checkpoint(single) / "optimizer.pt", weights_only=True)
     opt_b = torch.load(latest_checkpoint(other) / "optimizer.pt", weights_only=True)
     assert opt_a["state"].keys() == opt_b["state"].keys()

@@ -33,7 +33,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stdlib_qa.build import bucket, collect, write_jsonl  # noqa: E402  (examples/ is not a package)
+from stdlib_qa.build import bucket, collect, write_split  # noqa: E402  (examples/ is not a package)
 
 FIRST = ["What does `{name}` do?", "Can you tell me what `{name}` does in Python?"]
 NEXT_FUNCTION = ["And `{short}`?", "What about `{short}`, from the same module?"]
@@ -100,11 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     train, evaluation = build()
     order = lambda r: hashlib.sha256(json.dumps(r).encode()).hexdigest()  # noqa: E731  (mix the modules)
     train, evaluation = sorted(train, key=order)[:N_TRAIN], sorted(evaluation, key=order)[:N_EVAL]
-    if args.limit:
-        train, evaluation = train[: args.limit], evaluation[: args.limit]
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(args.out / "train.jsonl", train)
-    write_jsonl(args.out / "eval.jsonl", evaluation)
+    train, evaluation = write_split(args.out, train, evaluation, args.limit)
     print(f"Python {sys.version.split()[0]}: wrote {len(train)} train and {len(evaluation)} eval dialogues to "
           f"{args.out}")
 

@@ -80,6 +80,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def write_split(out: Path, train: list[dict], evaluation: list[dict], limit: int | None = None) -> tuple[list, list]:
+    """Write out/train.jsonl and out/eval.jsonl (each cut to `limit` records when given); return what was written."""
+    if limit:
+        train, evaluation = train[:limit], evaluation[:limit]
+    out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(out / "train.jsonl", train)
+    write_jsonl(out / "eval.jsonl", evaluation)
+    return train, evaluation
+
+
 def main() -> None:
     out_dir = Path(__file__).parent
     pairs = collect()

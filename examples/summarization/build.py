@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stdlib_qa.build import bucket, chat_record, write_jsonl  # noqa: E402  (examples/ is not a package)
+from stdlib_qa.build import bucket, chat_record, write_split  # noqa: E402  (examples/ is not a package)
 
 STATUS = Path("/var/lib/dpkg/status")
 PROMPT = "Summarise this software package description in one short line:\n\n{text}"
@@ -74,11 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     packages.sort(key=lambda p: hashlib.sha256(p[0].encode()).hexdigest())  # no alphabetical runs of lib*-dev
     evaluation = [record(s, b) for p, s, b in packages if bucket(p, 6) == 0][:N_EVAL]
     train = [record(s, b) for p, s, b in packages if bucket(p, 6) != 0][:N_TRAIN]
-    if args.limit:
-        train, evaluation = train[: args.limit], evaluation[: args.limit]
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(args.out / "train.jsonl", train)
-    write_jsonl(args.out / "eval.jsonl", evaluation)
+    train, evaluation = write_split(args.out, train, evaluation, args.limit)
     print(f"{len(packages)} usable package descriptions; wrote {len(train)} train and {len(evaluation)} eval "
           f"records to {args.out}")
 

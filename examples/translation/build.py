@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from stdlib_qa.build import bucket, chat_record, write_jsonl  # noqa: E402  (examples/ is not a package)
+from stdlib_qa.build import bucket, chat_record, write_split  # noqa: E402  (examples/ is not a package)
 
 CATALOGUES = ["gtk30", "gtk30-properties"]
 LOCALE_DIR = Path("/usr/share/locale/fr/LC_MESSAGES")
@@ -77,11 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     pairs.sort(key=lambda pair: hashlib.sha256(pair[0].encode()).hexdigest())
     evaluation = [record(e, f) for e, f in pairs if bucket(e, 7) == 0][:N_EVAL]
     train = [record(e, f) for e, f in pairs if bucket(e, 7) != 0][:N_TRAIN]
-    if args.limit:
-        train, evaluation = train[: args.limit], evaluation[: args.limit]
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_jsonl(args.out / "train.jsonl", train)
-    write_jsonl(args.out / "eval.jsonl", evaluation)
+    train, evaluation = write_split(args.out, train, evaluation, args.limit)
     print(f"{len(pairs)} usable English-French pairs; wrote {len(train)} train and {len(evaluation)} eval records "
           f"to {args.out}")
 

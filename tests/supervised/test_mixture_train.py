@@ -4,10 +4,9 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from mixkit import arithmetic_file, echo_file, general_file
-from tiny_runs import tiny_config
+from tiny_runs import latest_trainable, tiny_config
+
 from whetstone.data.batches import StepPlan, collate
 from whetstone.data.dataset import load_splits, plan_mixture, tokenize
 from whetstone.train.loop import train
@@ -91,10 +90,7 @@ def test_mixture_run_resumed_mid_epoch_is_bitwise_equal(tmp_path, tiny_model_dir
     assert summary["stopped_early"] and summary["steps"] == 5
     assert train(None, stopped, resume=True, progress=False)["steps"] == 14
 
-    def final(run):
-        return load_file(str(run / "checkpoints" / (run / "checkpoints" / "latest").read_text() / "trainable.safetensors"))
-
-    a, b = final(straight), final(stopped)
+    a, b = latest_trainable(straight), latest_trainable(stopped)
     assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
     losses = [{k: v for k, v in r.items() if k == "loss" or k.startswith("loss/")} for r in _rows(straight)]
     assert losses == [{k: v for k, v in r.items() if k == "loss" or k.startswith("loss/")} for r in _rows(stopped)]

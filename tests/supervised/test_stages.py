@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-
 from mixkit import arithmetic_file, echo_file
+from tiny_runs import latest_trainable
+
 from whetstone.cli import main
 from whetstone.config import ConfigError, load_config
 from whetstone.train import loop
@@ -52,11 +52,6 @@ def _run_spied(config_path, run, **train_kwargs):
 
 def _stage(run, index):
     return run / "stages" / ["0-arith", "1-echo"][index]
-
-
-def _final_trainable(stage_dir):
-    latest = (stage_dir / "checkpoints" / "latest").read_text()
-    return load_file(str(stage_dir / "checkpoints" / latest / "trainable.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +117,7 @@ def test_pipeline_killed_in_stage_two_resumes_there_and_ends_bitwise_equal(merge
     first_stage = (_stage(run, 0) / "summary.json").stat().st_mtime_ns
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert (_stage(run, 0) / "summary.json").stat().st_mtime_ns == first_stage  # finished stages are not rerun
-    a, b = _final_trainable(_stage(merged["run"], 1)), _final_trainable(_stage(run, 1))
+    a, b = latest_trainable(_stage(merged["run"], 1)), latest_trainable(_stage(run, 1))
     assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
     assert (json.loads((run / "stages.json").read_text())["rows"]
             == json.loads((merged["run"] / "stages.json").read_text())["rows"])
