@@ -3,6 +3,7 @@
     # one lever per locked command (this machine has 2 shared cores); each runs 'off' then 'on'
     flock /tmp/whetstone-cpu.lock .venv/bin/python bench/levers.py packing [--steps 12]
     ... levers.py logit_chunk | group_by_length | gradient_checkpointing | bf16 | precompute_reference
+    ... levers.py dpo_logit_chunk                  # the chunked head in DPO's policy and reference passes
     # padding share of one epoch for each batching (tokenizer only, no training)
     flock /tmp/whetstone-cpu.lock .venv/bin/python bench/levers.py padding
     # peak RSS of one SFT forward + backward at batch 8 x 256, every token supervised, head chunked or not
@@ -43,6 +44,7 @@ LEVERS = {
     "gradient_checkpointing": ("configs/sft_lora.yaml", SFT, ["train.gradient_checkpointing=true"]),
     "bf16": ("configs/sft_lora.yaml", SFT, ["train.precision=bf16"]),
     "precompute_reference": ("configs/dpo.yaml", DPO, ["objective.precompute_reference=true"]),
+    "dpo_logit_chunk": ("configs/dpo.yaml", DPO + ["--set", "train.logit_chunk=null"], ["train.logit_chunk=1024"]),
 }
 
 

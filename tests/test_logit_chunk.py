@@ -74,3 +74,38 @@ def test_chunked_head_without_grad_returns_the_loss_and_takes_no_gradient(tiny_m
     assert softmaxes == []
     _loss_and_grads(model, batch, 4)  # with gradients, every chunk does
     assert len(softmaxes) == -(-out.units // 4)
+
+
+@pytest.mark.parametrize("method", ["lora", "lora-softcap", "full"])
+def test_chunked_sequence_logprobs_equal_unchunked_with_per_row_weights(tiny_model_dir, tiny_tokenizer, method):
+    """DPO weighs each row's log-prob differently, so the chunked head must give every token its own gradient."""
+    from whetstone.objectives.logprobs import sequence_logprobs
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    if method != "full":  # full: the tied head trains, so the chunked path must step aside and still be right
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                 init_lora_weights=False))
+    if method == "lora-softcap":
+        model.config.final_logit_softcapping = 3.0
+    batch = _batch(tiny_tokenizer)
+    weights = torch.linspace(-2.0, 3.0, batch["input_ids"].shape[0])  # (R,): a different weight per row
+
+    def run(chunk):
+        model.zero_grad(set_to_none=True)
+        logps, counts = sequence_logprobs(model, batch, chunk)
+        (weights * logps).sum().backward()
+        return logps.detach(), counts, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    whole, counts_whole, grads_whole = run(None)
+    chunked, counts_chunked, grads_chunked = run(5)  # 5 does not divide N
+    assert torch.equal(counts_whole, counts_chunked) and int(counts_whole.sum()) > 5 * 3
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-6)
+    assert grads_whole.keys() == grads_chunked.keys() and len(grads_whole) > 0
+    # Relative to the largest gradient: the row weights and the unnormalised sums make gradients of order 10-100.
+    scale = max(float(g.abs().max()) for g in grads_whole.values())
+    worst = max(float((grads_chunked[n] - grads_whole[n]).abs().max()) for n in grads_whole) / scale
+    print(f"max gradient delta / max gradient, chunked vs unchunked sequence log-probs ({method}): {worst:.2e}"
+          f" (max gradient {scale:.1f})")
+    assert worst < 1e-6
+    with torch.no_grad():  # the reference's pass: the same values, no gradient kept
+        torch.testing.assert_close(sequence_logprobs(model, batch, 5)[0], whole, atol=1e-5, rtol=1e-6)

@@ -2,11 +2,11 @@
 
 A causal LM's head maps every position to vocabulary-sized logits: for the
 embedded model that is 49,152 floats per token, most of them at prompt positions
-whose labels are -100. `label_logits` runs the decoder, keeps the hidden states
-at supervised positions only, and applies the head there: (N, V) logits instead
-of (B, T, V). `label_cross_entropy` goes one step further for SFT: it applies
-the head and the cross-entropy `chunk` tokens at a time, so at most (chunk, V)
-logits exist at once, in the forward pass and in the backward pass.
+whose labels are -100. `label_hidden` runs the decoder and keeps the hidden
+states at supervised positions only. `label_cross_entropy` (SFT) and
+`label_token_logprobs` (the preference objectives) then apply the head and the
+log-softmax `chunk` tokens at a time, so at most (chunk, V) logits exist at once,
+in the forward pass and in the backward pass, instead of (B, T, V).
 
 A packed batch (data/packing.py) carries position_ids and example_ids; it goes
 to the decoder without its 2D attention mask, so that transformers builds the
@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from whetstone.data.render import IGNORE
+
+LOGIT_CHUNK = 1024  # the default of train.logit_chunk, for callers without a config (eval, tests)
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -48,22 +50,6 @@ def label_hidden(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tupl
     return hidden[:, :-1][keep], targets[keep]  # (N, H), (N,)
 
 
-def label_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits at the positions that predict a supervised label, and those labels.
-
-    Returns (logits (N, V), targets (N,)), N = supervised tokens in the batch.
-    Equal to model(**batch).logits shifted and masked, without materialising
-    the (B, T, V) tensor.
-    """
-    lm = unwrap(model)
-    hidden, targets = label_hidden(model, batch)
-    logits = lm.get_output_embeddings()(hidden)  # (N, V)
-    softcap = getattr(lm.config, "final_logit_softcapping", None)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return logits, targets
-
-
 def label_cross_entropy(model: torch.nn.Module, batch: dict[str, torch.Tensor],
                         chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Next-token cross-entropy at the supervised positions: (loss summed (scalar), per-token loss (N,), detached).
@@ -85,7 +71,32 @@ def label_cross_entropy(model: torch.nn.Module, batch: dict[str, torch.Tensor],
         return token_loss.sum(), token_loss.detach()
     # Under no_grad (evaluation) the Function still sees inputs that require grad: tell it not to take gradients.
     return _ChunkedHeadCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk, softcap,
-                                          torch.is_grad_enabled())
+                                          torch.is_grad_enabled(), False)
+
+
+def label_token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                         chunk: int | None) -> torch.Tensor:
+    """log p(label) at each supervised position, (N,), differentiable: what the preference objectives sum per row.
+
+    Their loss weighs every row differently, so unlike label_cross_entropy the result must carry a gradient per
+    token. With `chunk` and a head that does not train (LoRA, or anything frozen at the head), the head runs
+    `chunk` tokens at a time and keeps only each token's (H,) gradient, so peak memory holds (chunk, V) logits
+    instead of (N, V) logits, their log-softmax and its gradient. A head that trains takes the unchunked path.
+    """
+    lm = unwrap(model)
+    hidden, targets = label_hidden(model, batch)  # (N, H), (N,)
+    head = lm.get_output_embeddings()
+    softcap = getattr(lm.config, "final_logit_softcapping", None) or None
+    head_trains = torch.is_grad_enabled() and any(p is not None and p.requires_grad
+                                                  for p in (getattr(head, "weight", None), getattr(head, "bias", None)))
+    if chunk is None or type(head) is not torch.nn.Linear or head_trains:
+        logits = head(hidden)  # (N, V)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
+    _, token_loss = _ChunkedHeadCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk, softcap,
+                                                   torch.is_grad_enabled(), True)
+    return -token_loss
 
 
 class _ChunkedHeadCrossEntropy(torch.autograd.Function):
@@ -96,10 +107,14 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
     dCE/dz = softmax(z) - onehot(y) (times 1 - (z/c)^2 through a softcap c), and only the (N, H) and
     (V, H) results are kept. The loss is a sum, so the backward pass scales them by its incoming scalar.
     Nothing is recomputed, so it costs no more compute than autograd over the whole (N, V).
+
+    With `per_token`, the per-token losses (N,) carry a gradient too: row i of d/dh is token i's own
+    gradient, so it scales by that token's incoming gradient. d/dW mixes the tokens and cannot, so
+    per_token needs a head that does not train (label_token_logprobs checks).
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk, softcap, grad_enabled):
+    def forward(ctx, hidden, weight, bias, targets, chunk, softcap, grad_enabled, per_token):
         n = hidden.shape[0]
         need_h, need_w, need_b = (grad_enabled and need for need in ctx.needs_input_grad[:3])
         token_loss = torch.empty(n, dtype=torch.float32, device=hidden.device)  # (N,)
@@ -128,8 +143,11 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
                 grad_w += (grad_logits.t() @ h.to(logits.dtype)).float()
             if need_b:
                 grad_b += grad_z.sum(0)
+        if per_token and (need_w or need_b):
+            raise ValueError("per-token gradients need a head that does not train")
         ctx.save_for_backward(grad_h, grad_w, grad_b)
-        ctx.mark_non_differentiable(token_loss)
+        if not per_token:
+            ctx.mark_non_differentiable(token_loss)
         ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
         return token_loss.sum(), token_loss
 
@@ -138,9 +156,13 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
         grad_h, grad_w, grad_b = ctx.saved_tensors
         scale = grad_sum  # scalar: the loop multiplies the loss sum by 1 / (units of the step)
         w_dtype, b_dtype = ctx.dtypes
+        if grad_h is not None:
+            # Each token's gradient scales by what reaches it: through the sum, and (per_token) through its own loss.
+            per_row = scale if grad_token_loss is None else (scale + grad_token_loss)[:, None]  # () or (N, 1)
+            grad_h = grad_h * per_row.to(grad_h.dtype)
         return (
-            None if grad_h is None else grad_h * scale.to(grad_h.dtype),
+            grad_h,
             None if grad_w is None else (grad_w * scale).to(w_dtype),
             None if grad_b is None else (grad_b * scale).to(b_dtype),
-            None, None, None, None,
+            None, None, None, None, None,
         )

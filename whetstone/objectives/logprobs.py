@@ -18,7 +18,7 @@ import torch
 from whetstone.data.records import Message
 from whetstone.data.render import IGNORE, _supervise_through_eos, render_chat_pieces
 from whetstone.methods import is_adapter_model
-from whetstone.models.forward import label_logits
+from whetstone.models.forward import LOGIT_CHUNK, label_token_logprobs
 
 
 @dataclass
@@ -94,16 +94,17 @@ def pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def sequence_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                      chunk: int | None = LOGIT_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of log p over each row's supervised tokens (R,), supervised tokens per row (R,)).
 
     Logits exist only at supervised positions (see models/forward.py), so a pair
-    costs one decoder pass plus (N, V) head outputs, never (R, T, V).
+    costs one decoder pass plus head outputs for its N supervised tokens, never
+    (R, T, V); with `chunk` (train.logit_chunk) and a frozen head, `chunk` of them at a time.
     """
-    logits, targets = label_logits(model, batch)  # (N, V), (N,)
-    keep = batch["labels"][:, 1:] != IGNORE  # (R, T-1), the same mask label_logits used
+    token_logps = label_token_logprobs(model, batch, chunk)  # (N,)
+    keep = batch["labels"][:, 1:] != IGNORE  # (R, T-1), the same mask label_token_logprobs used
     rows = keep.nonzero()[:, 0]  # (N,): which row each supervised token belongs to
-    token_logps = torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)  # (N,)
     n_rows = batch["input_ids"].shape[0]
     sums = torch.zeros(n_rows, dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
     counts = keep.sum(dim=1)  # (R,)

@@ -23,6 +23,7 @@ from whetstone.data.dataset import DataStats
 from whetstone.data.records import Record
 from whetstone.errors import WhetstoneError
 from whetstone.methods import is_adapter_model
+from whetstone.models.forward import LOGIT_CHUNK
 from whetstone.objectives.base import LossOutput, Objective
 from whetstone.objectives.logprobs import (
     Completion,
@@ -212,6 +213,7 @@ class PreferenceContext:
     length_normalize: bool
     reference: Reference | None  # None for reference-free losses, and after precomputing
     precomputed: dict[int, tuple[float, float]] | None = None  # pair key -> (ref chosen, ref rejected)
+    logit_chunk: int | None = LOGIT_CHUNK  # train.logit_chunk: supervised tokens per chunk of the LM head
 
 
 def _normalize(logps: torch.Tensor, counts: torch.Tensor, on: bool) -> torch.Tensor:
@@ -222,7 +224,8 @@ def setup_preference(model, config, train_set: PairSet) -> PreferenceContext:
     obj = config.objective
     spec = LOSSES[obj.loss]
     normalize = spec.length_normalize if obj.length_normalize is None else obj.length_normalize
-    context = PreferenceContext(spec, obj.beta, obj.label_smoothing, obj.margin, normalize, reference=None)
+    context = PreferenceContext(spec, obj.beta, obj.label_smoothing, obj.margin, normalize, reference=None,
+                                logit_chunk=config.train.logit_chunk)
     if spec.reference_free:
         return context
     if not obj.precompute_reference:
@@ -282,7 +285,7 @@ def _reference_logps(model, batch, context: PreferenceContext) -> tuple[torch.Te
 
 def preference_loss(model, batch: dict[str, torch.Tensor], context: PreferenceContext) -> LossOutput:
     n = count_pairs(batch)
-    logps, counts = sequence_logprobs(model, batch)  # (2B,): chosen rows, then rejected rows
+    logps, counts = sequence_logprobs(model, batch, context.logit_chunk)  # (2B,): chosen rows, then rejected rows
     logps = _normalize(logps, counts, context.length_normalize)
     chosen, rejected = logps[:n], logps[n:]
     if context.spec.reference_free:

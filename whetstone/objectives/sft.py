@@ -19,10 +19,8 @@ from whetstone.data.batches import collate, supervised_count
 from whetstone.data.dataset import tokenize
 from whetstone.data.packing import collate_packed
 from whetstone.data.render import IGNORE
-from whetstone.models.forward import label_cross_entropy
+from whetstone.models.forward import LOGIT_CHUNK, label_cross_entropy
 from whetstone.objectives.base import LossOutput, Objective
-
-LOGIT_CHUNK = 1024  # the default of train.logit_chunk, for callers without a config (eval, tests)
 
 
 @dataclass(frozen=True)
