@@ -360,7 +360,8 @@ class DataConfig:
                             f"data.mixing: temperature to use it.")
         if self.replay is not None:
             if not self.replay.source:
-                problems.append("data.replay.source: missing; give a general data file, e.g. examples/general_probe.")
+                problems.append("data.replay.source: missing; give a general data file, e.g. one written by "
+                                "`whetstone data replay OUT.jsonl` (the model's own requests and answers).")
             if not 0.0 < self.replay.fraction < 1.0:
                 problems.append(f"data.replay.fraction: got {self.replay.fraction}; must be in (0, 1), e.g. 0.1.")
         return problems

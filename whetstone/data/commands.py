@@ -13,6 +13,7 @@ from whetstone.data.check import check_file
 from whetstone.data.clean import CleanOptions, clean_file
 from whetstone.data.dedup import DEFAULT_THRESHOLD
 from whetstone.data.formats import FORMATS
+from whetstone.data.replay import ReplayOptions
 from whetstone.errors import WhetstoneError
 
 
@@ -57,6 +58,25 @@ def add_parsers(data_subparsers) -> None:
     _add_common(p)
     p.add_argument("--overwrite", action="store_true", help="replace OUT (and its report) if they exist")
     p.set_defaults(func=run_clean)
+
+    p = data_subparsers.add_parser(
+        "replay",
+        help="write self-replay data: the model's own requests and answers, for data.replay",
+        description="Let the model write N user requests from its own distribution and answer them greedily, and "
+        "write them as chat records to OUT (JSONL). Mixed into training with data.replay, they hold forgetting "
+        "down when there is no general data at hand (docs/knowledge.md).",
+    )
+    p.add_argument("output", metavar="OUT", help="a .jsonl file")
+    p.add_argument("--model", metavar="M", help="the base model (default: the embedded model)")
+    p.add_argument("-n", type=int, default=ReplayOptions.n, metavar="N", help="records to write (default %(default)s)")
+    p.add_argument("--answer-tokens", type=int, default=ReplayOptions.answer_tokens, metavar="T",
+                   help="longest answer; answers that reach it unfinished are dropped (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=ReplayOptions.temperature, metavar="T",
+                   help="sampling temperature of the requests (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=ReplayOptions.batch_size, metavar="B")
+    p.add_argument("--seed", type=int, default=ReplayOptions.seed)
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=run_replay)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -131,4 +151,20 @@ def run_clean(args: argparse.Namespace) -> int:
         tokenizer=_tokenizer(args.model),
     )
     print(clean_file(args.input, args.output, options).render())
+    return 0
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    if args.temperature <= 0:
+        raise WhetstoneError(f"--temperature must be > 0 (requests are sampled), got {args.temperature}.")
+    if args.batch_size < 1 or args.answer_tokens < 2:
+        raise WhetstoneError("--batch-size must be >= 1 and --answer-tokens >= 2.")
+    from whetstone.data.replay import check_output, write_self_replay
+    from whetstone.models.inference import load_for_inference  # lazy: imports torch
+
+    options = ReplayOptions(n=args.n, answer_tokens=args.answer_tokens, temperature=args.temperature,
+                            batch_size=args.batch_size, seed=args.seed)
+    check_output(args.output, options, args.overwrite)
+    model, tokenizer = load_for_inference(model=args.model)
+    print(write_self_replay(model, tokenizer, args.output, options, overwrite=args.overwrite).render(args.output))
     return 0

@@ -99,17 +99,22 @@ def load_for_inference(model: str | None = None, adapter: str | None = None, run
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 128,
-                     temperature: float = 0.0, batch_size: int = 8, seed: int = 0) -> list[str]:
-    """Answer each conversation; greedy when temperature is 0. Stops at EOS."""
+                     temperature: float = 0.0, batch_size: int = 8, seed: int = 0,
+                     ended: list[bool] | None = None) -> list[str]:
+    """Answer each conversation; greedy when temperature is 0. Stops at EOS (see generate_from_prompts for `ended`)."""
     prompts = [render_prompt(tokenizer, c) for c in conversations]
     return generate_from_prompts(model, tokenizer, prompts, max_new_tokens, temperature, batch_size, seed,
-                                 add_special_tokens=False)  # the chat template already wrote them
+                                 add_special_tokens=False, ended=ended)  # the chat template already wrote them
 
 
 @torch.no_grad()
 def generate_from_prompts(model, tokenizer, prompts: list[str], max_new_tokens: int = 128, temperature: float = 0.0,
-                          batch_size: int = 8, seed: int = 0, add_special_tokens: bool = True) -> list[str]:
+                          batch_size: int = 8, seed: int = 0, add_special_tokens: bool = True,
+                          ended: list[bool] | None = None) -> list[str]:
     """Continue each prompt text, in batches of similar length; answers come back in the input order.
+
+    With a list `ended`, it is filled, in the input order, with whether each answer ended with EOS
+    (False: max_new_tokens cut it).
 
     Rows are left-padded so every row continues from the right edge. Sorting by
     length keeps the padding (compute spent on nothing) small; a batch ends when
@@ -123,6 +128,7 @@ def generate_from_prompts(model, tokenizer, prompts: list[str], max_new_tokens: 
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     answers: list[str] = [""] * len(prompts)
+    stopped = [False] * len(prompts)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     try:
         for start in range(0, len(order), batch_size):
@@ -135,6 +141,10 @@ def generate_from_prompts(model, tokenizer, prompts: list[str], max_new_tokens: 
             new_tokens = output[:, inputs["input_ids"].shape[1] :]  # (B, <= max_new_tokens)
             for i, text in zip(rows, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
                 answers[i] = text.strip()
+            for i, has_eos in zip(rows, (new_tokens == tokenizer.eos_token_id).any(dim=1).tolist()):
+                stopped[i] = has_eos
     finally:
         tokenizer.padding_side = side
+    if ended is not None:
+        ended[:] = stopped
     return answers
