@@ -1,6 +1,7 @@
 """data.packing: several examples per row, each attending only to itself; the same losses as unpacked."""
 
 import json
+import random
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from whetstone.config import ConfigError, load_config
 from whetstone.data.batches import collate, supervised_count
-from whetstone.data.packing import collate_packed, pack_rows, padding_fraction
+from whetstone.data.packing import _first_fit_decreasing, collate_packed, pack_rows, padding_fraction
 from whetstone.data.records import Message, Record
 from whetstone.data.render import IGNORE, render_record
 from whetstone.objectives.sft import SFTContext, sft_loss
@@ -25,10 +26,21 @@ def _examples(tokenizer, n=10, train_on_prompt=False):
     return [render_record(r, tokenizer, 256, train_on_prompt) for r in records]
 
 
-def test_pack_rows_is_first_fit_decreasing_and_never_splits():
-    # Longest first: 6 opens row 0, 5 opens row 1 (6 + 5 > 9), 4 fills row 1, 3 fills row 0, 2 opens row 2.
-    assert pack_rows([3, 6, 2, 5, 4], capacity=9) == [[1, 0], [3, 4], [2]]
+def test_pack_rows_uses_the_fewest_rows_balanced_and_never_splits():
+    # First-fit decreasing needs 3 rows (6+3, 5+4, 2: padded to 3 x 9 = 27); dealt longest first to the
+    # emptiest row, the same 3 rows hold 6 | 5+2 | 4+3: padded to 3 x 7 = 21.
+    assert pack_rows([3, 6, 2, 5, 4], capacity=9) == [[1], [3, 2], [4, 0]]
     assert pack_rows([12, 1], capacity=10) == [[0], [1]]  # too long for a row: a row of its own
+    # Dealt over 2 rows, 5+3 | 4+3+3 overfills the second; first-fit's exact fit 5+4 | 3+3+3 stays.
+    assert pack_rows([5, 4, 3, 3, 3], capacity=9) == [[0, 1], [2, 3, 4]]
+    rng = random.Random(0)
+    for _ in range(300):
+        lengths = [rng.randint(1, 64) for _ in range(rng.randint(1, 16))]
+        rows = pack_rows(lengths, 64)
+        first_fit = _first_fit_decreasing(lengths, 64)
+        assert sorted(i for row in rows for i in row) == list(range(len(lengths)))  # each example once, unsplit
+        assert len(rows) == len(first_fit) and all(sum(lengths[i] for i in row) <= 64 for row in rows)
+        assert max(sum(lengths[i] for i in row) for row in rows) <= max(sum(lengths[i] for i in r) for r in first_fit)
 
 
 def test_packed_batch_layout(tiny_tokenizer):

@@ -2,8 +2,9 @@
 
 A micro-batch of short and long examples padded to the longest wastes most of
 its compute on padding. Packing concatenates whole examples into rows of at most
-data.max_length tokens (first-fit decreasing; an example is never split), so a
-micro-batch of 8 short examples may become 2 or 3 dense rows.
+data.max_length tokens (as few rows as first-fit decreasing finds, then balanced
+to about equal length; an example is never split), so a micro-batch of 8 short
+examples may become 2 or 3 dense rows.
 
 Packing changes only the layout, never what is computed:
 
@@ -34,11 +35,28 @@ from whetstone.data.render import IGNORE, Rendered
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
-    """Indices of the examples in each row: first-fit decreasing, each row holding at most `capacity` tokens.
+    """Indices of the examples in each row, each row holding at most `capacity` tokens; an example is never split.
 
-    An example longer than `capacity` (not produced by data/render.py, which truncates) gets a row of its own.
-    Deterministic: ties keep the micro-batch's order.
+    First-fit decreasing finds how few rows the examples fit in, k. Its rows are as full as it can make
+    them, and the last one is often nearly empty, yet the batch pads every row to the longest. So the
+    examples are then dealt over k rows, longest first, each to the row with the fewest tokens so far
+    (longest-processing-time order): the rows come out about equally long, and the padding goes. Should
+    that overfill a row, the first-fit rows are kept. An example longer than `capacity` (not produced by
+    data/render.py, which truncates) gets a row of its own. Deterministic: ties go to the lower index.
     """
+    first_fit = _first_fit_decreasing(lengths, capacity)
+    rows: list[list[int]] = [[] for _ in first_fit]
+    filled = [0] * len(first_fit)
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = min(range(len(rows)), key=lambda r: filled[r])
+        rows[row].append(index)
+        filled[row] += lengths[index]
+    if any(total > capacity and len(row) > 1 for total, row in zip(filled, rows)):
+        return first_fit
+    return rows
+
+
+def _first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     rows: list[list[int]] = []
     room: list[int] = []
     for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
