@@ -34,7 +34,8 @@ def test_records_are_the_models_own_requests_and_greedy_answers(tiny, tmp_path):
     from whetstone.models.inference import generate_answers
 
     model, tokenizer = tiny
-    options = ReplayOptions(n=6, request_tokens=12, answer_tokens=24, batch_size=4, min_words=1, max_words=40)
+    options = ReplayOptions(n=6, request_tokens=12, answer_tokens=24, answer_temperature=0.0, batch_size=4,
+                            min_words=1, max_words=40)
     out = tmp_path / "replay.jsonl"
     report = write_self_replay(model, tokenizer, str(out), options)
     records = [json.loads(line) for line in out.read_text().splitlines()]
@@ -88,7 +89,33 @@ def test_bad_output_and_options_fail_before_loading_a_model(tmp_path, capsys):
     assert "write to a .jsonl file" in capsys.readouterr().err
     assert main(["data", "replay", str(tmp_path / "x.jsonl"), "--temperature", "0"]) == 2
     assert "--temperature must be > 0" in capsys.readouterr().err
+    assert main(["data", "replay", str(tmp_path / "x.jsonl"), "--answer-temperature", "-1"]) == 2
+    assert "--answer-temperature must be >= 0" in capsys.readouterr().err
     assert main(["data", "replay", str(tmp_path / "x.jsonl"), "-n", "0", "--model", "/nonexistent"]) == 2
     assert "-n must be at least 1" in capsys.readouterr().err
     with pytest.raises(WhetstoneError, match="exists"):
         write_self_replay(None, None, str(exists), ReplayOptions())
+
+
+def test_sampled_answers_and_the_users_own_requests(tiny, tmp_path):
+    from datafiles import chat, write_rows
+
+    model, tokenizer = tiny
+    asked = ["how are you today", "name a colour", "what is rain", "tell me a story"]
+    source = write_rows(tmp_path / "asked.jsonl", [chat(q, "ignored") for q in asked])
+    options = ReplayOptions(n=3, answer_tokens=24, batch_size=4)  # answers sampled at temperature 1.0
+    from whetstone.data.replay import read_requests
+
+    assert read_requests(str(source)) == asked
+    first = write_self_replay(model, tokenizer, str(tmp_path / "a.jsonl"), options, requests=asked)
+    assert first.sampled == 3 and first.written + first.dropped["unfinished_answer"] == 3 and first.written > 0
+    rows = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert {r["messages"][0]["content"] for r in rows} <= set(asked[:3])  # the first n requests, no sampling
+    again = write_self_replay(model, tokenizer, str(tmp_path / "b.jsonl"), options, requests=asked)
+    assert (tmp_path / "b.jsonl").read_text() == (tmp_path / "a.jsonl").read_text()  # the seed fixes the samples
+    other = ReplayOptions(**{**options.__dict__, "seed": 7})
+    write_self_replay(model, tokenizer, str(tmp_path / "c.jsonl"), other, requests=asked)
+    assert again.written == first.written
+    assert (tmp_path / "c.jsonl").read_text() != (tmp_path / "a.jsonl").read_text()  # answers are sampled
+    with pytest.raises(WhetstoneError, match="no chat record with a user turn"):
+        read_requests(str(write_rows(tmp_path / "text.jsonl", [{"text": "just prose"}])))

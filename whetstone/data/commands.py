@@ -68,11 +68,17 @@ def add_parsers(data_subparsers) -> None:
     )
     p.add_argument("output", metavar="OUT", help="a .jsonl file")
     p.add_argument("--model", metavar="M", help="the base model (default: the embedded model)")
-    p.add_argument("-n", type=int, default=ReplayOptions.n, metavar="N", help="records to write (default %(default)s)")
+    p.add_argument("-n", type=int, default=ReplayOptions.n, metavar="N", help="distinct requests to sample and answer; those answered within --answer-tokens are written "
+                   "(default %(default)s)")
     p.add_argument("--answer-tokens", type=int, default=ReplayOptions.answer_tokens, metavar="T",
                    help="longest answer; answers that reach it unfinished are dropped (default %(default)s)")
     p.add_argument("--temperature", type=float, default=ReplayOptions.temperature, metavar="T",
                    help="sampling temperature of the requests (default %(default)s)")
+    p.add_argument("--answer-temperature", type=float, default=ReplayOptions.answer_temperature, metavar="T",
+                   help="sampling temperature of the answers; 0 is greedy, which sharpens the model's distribution "
+                   "(default %(default)s)")
+    p.add_argument("--requests", metavar="FILE", help="answer the user turns of these chat records instead of "
+                   "sampling requests")
     p.add_argument("--batch-size", type=int, default=ReplayOptions.batch_size, metavar="B")
     p.add_argument("--seed", type=int, default=ReplayOptions.seed)
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -157,14 +163,18 @@ def run_clean(args: argparse.Namespace) -> int:
 def run_replay(args: argparse.Namespace) -> int:
     if args.temperature <= 0:
         raise WhetstoneError(f"--temperature must be > 0 (requests are sampled), got {args.temperature}.")
+    if args.answer_temperature < 0:
+        raise WhetstoneError(f"--answer-temperature must be >= 0 (0: greedy), got {args.answer_temperature}.")
     if args.batch_size < 1 or args.answer_tokens < 2:
         raise WhetstoneError("--batch-size must be >= 1 and --answer-tokens >= 2.")
-    from whetstone.data.replay import check_output, write_self_replay
+    from whetstone.data.replay import check_output, read_requests, write_self_replay
     from whetstone.models.inference import load_for_inference  # lazy: imports torch
 
     options = ReplayOptions(n=args.n, answer_tokens=args.answer_tokens, temperature=args.temperature,
-                            batch_size=args.batch_size, seed=args.seed)
+                            answer_temperature=args.answer_temperature, batch_size=args.batch_size, seed=args.seed)
     check_output(args.output, options, args.overwrite)
+    requests = read_requests(args.requests) if args.requests else None
     model, tokenizer = load_for_inference(model=args.model)
-    print(write_self_replay(model, tokenizer, args.output, options, overwrite=args.overwrite).render(args.output))
+    report = write_self_replay(model, tokenizer, args.output, options, overwrite=args.overwrite, requests=requests)
+    print(report.render(args.output))
     return 0

@@ -14,8 +14,12 @@ Model Fine-Tuning"). No outside text is involved, so the file carries no licence
 and no leak of any evaluation set.
 
 Requests are sampled at `temperature`, stripped, kept when they have `min_words`
-to `max_words` words, and deduplicated case-insensitively. Answers are greedy;
-an answer that reaches `answer_tokens` without EOS (or is empty) is dropped,
+to `max_words` words, and deduplicated case-insensitively; or they are read from
+a file of the user's own general requests. Answers are sampled at
+`answer_temperature` (1.0): trained on, samples from the model's own distribution
+hold that distribution in place, whereas greedy answers pull it towards its
+modes, which raises the perplexity of everything else (docs/knowledge.md measured
+it). An answer that reaches `answer_tokens` without EOS (or is empty) is dropped,
 because training on it would teach the model to stop mid-sentence.
 """
 
@@ -36,10 +40,13 @@ SENTINEL = "\x00whetstone-request\x00"
 @dataclass(frozen=True)
 class ReplayOptions:
     n: int = 400
-    """Records to write."""
+    """Distinct requests to sample and answer; the records written are those answered within answer_tokens."""
     request_tokens: int = 48
     answer_tokens: int = 160
     temperature: float = 1.0
+    """Sampling temperature of the requests."""
+    answer_temperature: float = 1.0
+    """Sampling temperature of the answers; 0 is greedy (sharpens the model's distribution: see below)."""
     batch_size: int = 16
     seed: int = 0
     min_words: int = 3
@@ -57,7 +64,7 @@ class ReplayReport:
 
     def render(self, path: str) -> str:
         dropped = ", ".join(f"{count} {why.replace('_', ' ')}" for why, count in self.dropped.items())
-        return (f"wrote {self.written} self-replay records to {path} ({self.sampled} requests sampled; "
+        return (f"wrote {self.written} self-replay records to {path} ({self.sampled} requests; "
                 f"dropped: {dropped}) in {self.seconds:.0f} s")
 
 
@@ -114,7 +121,8 @@ def answer_requests(model, tokenizer, requests: list[str], options: ReplayOption
         batch = requests[start : start + options.batch_size]
         ended: list[bool] = []
         answers = generate_answers(model, tokenizer, [[{"role": "user", "content": r}] for r in batch],
-                                   max_new_tokens=options.answer_tokens, batch_size=len(batch), ended=ended)
+                                   max_new_tokens=options.answer_tokens, temperature=options.answer_temperature,
+                                   batch_size=len(batch), seed=options.seed + start, ended=ended)
         for request, answer, done in zip(batch, answers, ended):
             if not (answer and done):
                 report.dropped["unfinished_answer"] += 1
@@ -137,15 +145,34 @@ def check_output(output: str, options: ReplayOptions, overwrite: bool) -> Path:
     return path
 
 
-def write_self_replay(model, tokenizer, output: str, options: ReplayOptions, overwrite: bool = False) -> ReplayReport:
-    """Sample, answer and write options.n (or fewer) chat records to `output` (JSONL), atomically."""
+def read_requests(path: str) -> list[str]:
+    """The first user turn of each chat record in `path` (any format `whetstone data check` reads as chat)."""
+    from whetstone.data.formats import load_records
+
+    loaded = load_records(path)
+    requests = [next((m.content for m in r.messages if m.role == "user"), "") for r in loaded.records
+                if r.kind == "chat"]
+    requests = [r for r in requests if r.strip()]
+    if not requests:
+        raise WhetstoneError(f"data replay --requests {path}: no chat record with a user turn; give chat records, "
+                             f"e.g. {{\"messages\": [{{\"role\": \"user\", \"content\": ...}}]}}.")
+    return requests
+
+
+def write_self_replay(model, tokenizer, output: str, options: ReplayOptions, overwrite: bool = False,
+                      requests: list[str] | None = None) -> ReplayReport:
+    """Sample and answer options.n requests; write those answered in full as chat records to `output`, atomically."""
     from tqdm.auto import tqdm
 
     path = check_output(output, options, overwrite)
     report = ReplayReport()
     began = time.perf_counter()
-    with tqdm(total=options.n, desc="requests", unit="req") as progress:
-        requests = sample_requests(model, tokenizer, options, report, progress)
+    if requests is None:
+        with tqdm(total=options.n, desc="requests", unit="req") as progress:
+            requests = sample_requests(model, tokenizer, options, report, progress)
+    else:  # the user's own requests, the first n of them
+        requests = requests[: options.n]
+        report.sampled = len(requests)
     with tqdm(total=len(requests), desc="answers", unit="ans") as progress:
         records = answer_requests(model, tokenizer, requests, options, report, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
