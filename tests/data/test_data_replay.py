@@ -103,7 +103,7 @@ def test_sampled_answers_and_the_users_own_requests(tiny, tmp_path):
     model, tokenizer = tiny
     asked = ["how are you today", "name a colour", "what is rain", "tell me a story"]
     source = write_rows(tmp_path / "asked.jsonl", [chat(q, "ignored") for q in asked])
-    options = ReplayOptions(n=3, answer_tokens=24, batch_size=4)  # answers sampled at temperature 1.0
+    options = ReplayOptions(n=3, answer_tokens=24, answer_temperature=1.0, batch_size=4)  # sampled answers
     from whetstone.data.replay import read_requests
 
     assert read_requests(str(source)) == asked

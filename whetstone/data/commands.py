@@ -75,8 +75,8 @@ def add_parsers(data_subparsers) -> None:
     p.add_argument("--temperature", type=float, default=ReplayOptions.temperature, metavar="T",
                    help="sampling temperature of the requests (default %(default)s)")
     p.add_argument("--answer-temperature", type=float, default=ReplayOptions.answer_temperature, metavar="T",
-                   help="sampling temperature of the answers; 0 is greedy, which sharpens the model's distribution "
-                   "(default %(default)s)")
+                   help="sampling temperature of the answers; 0 is greedy, which measured better "
+                   "(docs/knowledge.md; default %(default)s)")
     p.add_argument("--requests", metavar="FILE", help="answer the user turns of these chat records instead of "
                    "sampling requests")
     p.add_argument("--batch-size", type=int, default=ReplayOptions.batch_size, metavar="B")
