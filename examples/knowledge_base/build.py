@@ -7,8 +7,8 @@ function and what its docstring says it does.
 A stable hash of each function's name splits the chosen facts into trained (about 2/3)
 and held out (about 1/3). What each file holds (docs/knowledge.md):
 
-    train.jsonl          every trained fact asked in the first --wordings TRAINING wordings (default 3),
-                         interleaved so one batch is not one fact asked three ways
+    train.jsonl          every trained fact asked in the first --wordings TRAINING wordings (default 5),
+                         interleaved so one batch is not one fact asked several ways
     docs.jsonl           the trained facts as reference text ({"text": ...}), a few functions of one
                          module per record: for training on the documents as well as on questions
     eval.jsonl           a dev set: the first DEV_FACTS trained facts asked in the DEV wording (neither a
@@ -97,15 +97,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent, help="output directory")
     parser.add_argument("--limit", type=int, default=None, help="at most N trained and N held-out facts (tests)")
-    parser.add_argument("--wordings", type=int, default=3, choices=range(1, len(TRAINING) + 1),
-                        help="training wordings per fact in train.jsonl (default 3)")
+    parser.add_argument("--wordings", type=int, default=len(TRAINING), choices=range(1, len(TRAINING) + 1),
+                        help=f"training wordings per fact in train.jsonl (default {len(TRAINING)})")
     args = parser.parse_args(argv)
     trained, heldout_facts = choose_facts()
     if args.limit:
         trained, heldout_facts = trained[: args.limit], heldout_facts[: args.limit]
 
     train = [chat_record(t.format(name=name), answer) for name, answer in trained for t in TRAINING[: args.wordings]]
-    # Interleave facts in training, so one batch is not three wordings of the same fact.
+    # Interleave facts in training, so one batch is not several wordings of the same fact.
     train.sort(key=lambda r: hashlib.sha256(r["messages"][0]["content"].encode()).hexdigest())
     docs = documents(trained)
     heldout = drop_near_duplicates([chat_record(PARAPHRASE.format(name=n), a) for n, a in heldout_facts], train, docs)
