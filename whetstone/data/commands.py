@@ -68,8 +68,9 @@ def add_parsers(data_subparsers) -> None:
     )
     p.add_argument("output", metavar="OUT", help="a .jsonl file")
     p.add_argument("--model", metavar="M", help="the base model (default: the embedded model)")
-    p.add_argument("-n", type=int, default=ReplayOptions.n, metavar="N", help="distinct requests to sample and answer; those answered within --answer-tokens are written "
-                   "(default %(default)s)")
+    p.add_argument("-n", type=int, default=ReplayOptions.n, metavar="N",
+                   help="distinct requests to sample and answer; those answered within --answer-tokens are "
+                   "written (default %(default)s)")
     p.add_argument("--answer-tokens", type=int, default=ReplayOptions.answer_tokens, metavar="T",
                    help="longest answer; answers that reach it unfinished are dropped (default %(default)s)")
     p.add_argument("--temperature", type=float, default=ReplayOptions.temperature, metavar="T",

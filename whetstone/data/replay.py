@@ -19,8 +19,9 @@ a file of the user's own general requests. Answers are greedy by default. In
 theory samples (`answer_temperature` 1.0) hold the model's distribution in place
 where greedy answers pull it towards its modes; measured on the embedded model,
 sampled answers ran longer (fewer finished), hallucinated more, and held general
-ability worse on every probe figure (docs/knowledge.md). An answer that reaches `answer_tokens` without EOS (or is empty) is dropped,
-because training on it would teach the model to stop mid-sentence.
+ability worse on every probe figure (docs/knowledge.md). An answer that reaches
+`answer_tokens` without EOS (or is empty) is dropped, because training on it
+would teach the model to stop mid-sentence.
 """
 
 from __future__ import annotations
@@ -113,8 +114,7 @@ def sample_requests(model, tokenizer, options: ReplayOptions, report: ReplayRepo
 
 def answer_requests(model, tokenizer, requests: list[str], options: ReplayOptions, report: ReplayReport,
                     progress) -> list[dict]:
-    """Chat records of each request and the model's answer (greedy, or sampled at answer_temperature); unfinished ones
-    dropped."""
+    """Chat records of each request and the model's answer (greedy, or sampled); answers cut short are dropped."""
     from whetstone.models.inference import generate_answers  # lazy: imports torch
 
     records = []
