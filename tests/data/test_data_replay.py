@@ -7,6 +7,7 @@ import json
 import pytest
 
 from whetstone.cli import main
+from whetstone.data.formats import load_records
 from whetstone.data.replay import ReplayOptions, request_prefix, write_self_replay
 from whetstone.errors import WhetstoneError
 
@@ -44,6 +45,9 @@ def test_records_are_the_models_own_requests_and_greedy_answers(tiny, tmp_path):
     requests = [r["messages"][0]["content"] for r in records]
     assert len({" ".join(q.lower().split()) for q in requests}) == len(requests)  # deduplicated
     assert all(r["messages"][0]["role"] == "user" and r["messages"][1]["role"] == "assistant" for r in records)
+    loaded = load_records(str(out))  # whetstone reads its own output as chat data
+    assert loaded.format == "messages" and not loaded.problems
+    assert [r.kind for r in loaded.records] == ["chat"] * len(records)
     # Each answer is the model's greedy answer to its request, and finished within the budget.
     ended: list[bool] = []
     again = generate_answers(model, tokenizer, [[{"role": "user", "content": q}] for q in requests],
@@ -62,9 +66,7 @@ def test_records_are_the_models_own_requests_and_greedy_answers(tiny, tmp_path):
     assert [json.loads(line)["messages"][0]["content"] for line in other.read_text().splitlines()] != requests
 
 
-def test_the_length_filter_and_whetstone_reads_the_file_as_chat(tiny, tmp_path):
-    from whetstone.data.formats import load_records
-
+def test_the_length_filter_keeps_short_requests_and_counts_the_rest(tiny, tmp_path):
     model, tokenizer = tiny
     options = ReplayOptions(n=4, request_tokens=12, answer_tokens=24, batch_size=4, min_words=1, max_words=3,
                             max_rounds=2)
@@ -74,10 +76,7 @@ def test_the_length_filter_and_whetstone_reads_the_file_as_chat(tiny, tmp_path):
     assert all(1 <= len(r["messages"][0]["content"].split()) <= 3 for r in records)
     assert report.sampled >= 4 and report.dropped["length"] + report.dropped["duplicate"] == (
         report.sampled - report.written - report.dropped["unfinished_answer"])
-    if records:  # whetstone reads its own output as chat data
-        loaded = load_records(str(out))
-        assert loaded.format == "messages" and not loaded.problems
-        assert [r.kind for r in loaded.records] == ["chat"] * len(records)
+
 
 
 def test_bad_output_and_options_fail_before_loading_a_model(tmp_path, capsys):

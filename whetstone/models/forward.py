@@ -64,10 +64,7 @@ def label_cross_entropy(model: torch.nn.Module, batch: dict[str, torch.Tensor],
     softcap = getattr(lm.config, "final_logit_softcapping", None) or None
     # Only a plain Linear head is read as (weight, bias): a LoRA-wrapped or quantised head runs as a module.
     if chunk is None or type(head) is not torch.nn.Linear:
-        logits = head(hidden)  # (N, V)
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        token_loss = F.cross_entropy(logits.float(), targets, reduction="none")  # (N,)
+        token_loss = F.cross_entropy(_head_logits(head, hidden, softcap), targets, reduction="none")  # (N,)
         return token_loss.sum(), token_loss.detach()
     # Under no_grad (evaluation) the Function still sees inputs that require grad: tell it not to take gradients.
     return _ChunkedHeadCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk, softcap,
@@ -90,13 +87,18 @@ def label_token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor],
     head_trains = torch.is_grad_enabled() and any(p is not None and p.requires_grad
                                                   for p in (getattr(head, "weight", None), getattr(head, "bias", None)))
     if chunk is None or type(head) is not torch.nn.Linear or head_trains:
-        logits = head(hidden)  # (N, V)
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        return torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
+        return torch.log_softmax(_head_logits(head, hidden, softcap), dim=-1).gather(1, targets[:, None]).squeeze(1)
     _, token_loss = _ChunkedHeadCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk, softcap,
                                                    torch.is_grad_enabled(), True)
     return -token_loss
+
+
+def _head_logits(head: torch.nn.Module, hidden: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """All (N, V) logits at once, in fp32, through the softcap when the model has one: the unchunked path."""
+    logits = head(hidden)  # (N, V)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.float()
 
 
 class _ChunkedHeadCrossEntropy(torch.autograd.Function):
