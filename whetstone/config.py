@@ -280,10 +280,19 @@ class SourceConfig:
 
 @dataclass
 class ReplayConfig:
-    source: str = ""
-    """General data (any format data.train takes) mixed into training as the guard against forgetting."""
+    source: str | list[str] = ""
+    """General data (any format data.train takes) mixed into training as the guard against forgetting: a file,
+    or a list of files (e.g. chat records and plain text, which one file cannot mix), drawn from as one source."""
     fraction: float = 0.1
     """Share of every epoch's draws that come from the replay data, logged as task 'replay'."""
+    distill: bool = False
+    """Replay learns the base model's whole next-token distribution at every token of its records (KL to the model
+    before tuning, the same model with adapters off or a frozen copy) instead of the records' own tokens. Objective
+    sft; the logged 'replay' loss is then that KL. See docs/knowledge.md."""
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.source] if isinstance(self.source, str) else list(self.source)
 
 
 @dataclass
@@ -348,7 +357,7 @@ class DataConfig:
                                 f"to leave it out).")
             if source.task == "replay":
                 problems.append(f"data.train[{i}].task: 'replay' is the name of data.replay's task; rename it.")
-        paths = [s.path for s in sources] + ([self.replay.source] if self.replay else [])
+        paths = [s.path for s in sources] + (self.replay.paths if self.replay else [])
         twice = sorted({p for p in paths if p and paths.count(p) > 1})
         if twice:
             problems.append(f"data.train / data.replay: {twice} listed twice; list each file once and use its weight.")
@@ -359,7 +368,7 @@ class DataConfig:
             problems.append(f"data.temperature is {self.temperature} but data.mixing is 'proportional'; set "
                             f"data.mixing: temperature to use it.")
         if self.replay is not None:
-            if not self.replay.source:
+            if not self.replay.paths or not all(self.replay.paths):
                 problems.append("data.replay.source: missing; give a general data file, e.g. one written by "
                                 "`whetstone data replay OUT.jsonl` (the model's own requests and answers).")
             if not 0.0 < self.replay.fraction < 1.0:
@@ -649,6 +658,9 @@ class RunConfig:
             problems.append(f"data.packing: objective {self.objective.name} keeps one sequence per row (pairs, "
                             f"classification, rollouts), so it cannot be packed; packing is for objective sft. "
                             f"Set data.packing: false.")
+        if self.data.replay is not None and self.data.replay.distill and self.objective.name != "sft":
+            problems.append(f"data.replay.distill: objective {self.objective.name} does not learn from tokens, so "
+                            f"there is nothing to distil; it is for objective sft. Set data.replay.distill: false.")
         if self.data.packing and self.model.attn_implementation == "flash_attention_2":
             problems.append("data.packing with model.attn_implementation flash_attention_2: transformers reads packed "
                             "examples from position ids there only for a single row, so attention would cross "
@@ -670,6 +682,9 @@ def sharding_problems(config: RunConfig, strategy: str) -> list[str]:
     if config.objective.name in ONLINE_OBJECTIVES:
         problems.append(f"objective: {config.objective.name} generates its own data in its own loop, which runs "
                         f"with ddp only; set train.strategy: ddp (or auto).")
+    if config.data.replay is not None and config.data.replay.distill:
+        problems.append(f"data.replay.distill with train.strategy {strategy}: the base model's forward pass is not "
+                        f"wired for sharded weights; set data.replay.distill: false, or use train.strategy ddp.")
     if config.data.packing:
         problems.append(f"data.packing with train.strategy {strategy}: packed batches are not tested with sharded "
                         f"weights yet; set data.packing: false, or use train.strategy ddp.")

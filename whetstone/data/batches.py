@@ -94,7 +94,26 @@ def collate(examples: list[Rendered], pad_id: int) -> dict[str, torch.Tensor]:
         input_ids[row, :n] = torch.tensor(example.input_ids)
         labels[row, :n] = torch.tensor(example.labels)
         attention_mask[row, :n] = 1
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    return with_distill_mask(batch, examples, [[row] for row in range(len(examples))])
+
+
+def with_distill_mask(batch: dict[str, torch.Tensor], examples: list[Rendered],
+                      rows: list[list[int]]) -> dict[str, torch.Tensor]:
+    """Add "distill" (R, T), True on the tokens of data.replay.distill examples, when the batch has any.
+
+    `rows[r]` lists the examples laid out one after another in row r, as the collate function placed them.
+    """
+    if not any(e.distill for e in examples):
+        return batch
+    distill = torch.zeros(batch["input_ids"].shape, dtype=torch.bool)  # (R, T)
+    for r, members in enumerate(rows):
+        start = 0
+        for index in members:
+            n = len(examples[index].input_ids)
+            distill[r, start : start + n] = examples[index].distill
+            start += n
+    return {**batch, "distill": distill}
 
 
 def supervised_count(batch: dict[str, torch.Tensor]) -> int:

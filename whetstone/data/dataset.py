@@ -69,8 +69,13 @@ def _load(path: str, cfg: DataConfig, task: str | None, stats: DataStats) -> lis
 
 def tokenize(records: list[Record], tokenizer, cfg: DataConfig, stats: DataStats | None = None) -> TokenizedSet:
     out = TokenizedSet([], [], [])
+    distill = cfg.replay is not None and cfg.replay.distill
     for record in records:
-        rendered = render_record(record, tokenizer, cfg.max_length, cfg.train_on_prompt)
+        if distill and record.task == REPLAY_TASK:
+            # Distilled replay learns the base model's prediction at every token: the request's as well.
+            rendered = dataclasses.replace(render_record(record, tokenizer, cfg.max_length, True), distill=True)
+        else:
+            rendered = render_record(record, tokenizer, cfg.max_length, cfg.train_on_prompt)
         if stats is not None:
             stats.truncated += rendered.truncated
         if rendered.n_supervised == 0:
@@ -108,10 +113,13 @@ def load_splits(cfg: DataConfig, seed: int) -> tuple[list[Record], list[Record],
         records += own
     if cfg.replay is not None:
         # Replay data is general text; its rows' own task fields would split it, so it is all task 'replay'.
-        replay = [dataclasses.replace(r, task=REPLAY_TASK) for r in _load(cfg.replay.source, cfg, None, stats)]
+        replay = [dataclasses.replace(r, task=REPLAY_TASK)
+                  for path in cfg.replay.paths for r in _load(path, cfg, None, stats)]
         stats.source_of.update((r.origin, len(_sources(cfg))) for r in replay)
-        stats.notes.append(f"replay: {len(replay)} records from {cfg.replay.source}, "
-                           f"{cfg.replay.fraction:.0%} of every epoch's draws")
+        stats.notes.append(f"replay: {len(replay)} records from {', '.join(cfg.replay.paths)}, "
+                           f"{cfg.replay.fraction:.0%} of every epoch's draws"
+                           + (", distilled: every token learns the base model's distribution" if cfg.replay.distill
+                              else ""))
         records += replay
     if cfg.canaries:
         records, canaries = plant_canaries(records, cfg.canaries, seed)
@@ -133,7 +141,7 @@ def plan_mixture(cfg: DataConfig, origins: list[str], stats: DataStats) -> Mixtu
     for index, origin in enumerate(origins):
         members[stats.source_of.get(origin, 0)].append(index)
     groups = [(s.task or _stem(s.path), s.path, s.weight, members[i]) for i, s in enumerate(sources)]
-    replay = (cfg.replay.source, members[-1], cfg.replay.fraction) if cfg.replay is not None else None
+    replay = (", ".join(cfg.replay.paths), members[-1], cfg.replay.fraction) if cfg.replay is not None else None
     return build_mixture(groups, cfg.mixing, cfg.temperature, replay)
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import torch
 
+from whetstone.data.batches import with_distill_mask
 from whetstone.data.render import IGNORE, Rendered
 
 
@@ -101,8 +102,9 @@ def collate_packed(examples: list[Rendered], pad_id: int, max_length: int) -> di
         # Padding counts from 0 as well: transformers then sees it as one more sequence, which
         # attends only to itself, so real tokens never attend to it.
         position_ids[r, start:] = torch.arange(length - start)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-            "position_ids": position_ids, "example_ids": example_ids}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+             "position_ids": position_ids, "example_ids": example_ids}
+    return with_distill_mask(batch, examples, rows)
 
 
 def padding_fraction(batches: list[dict[str, torch.Tensor]]) -> float:

@@ -27,6 +27,7 @@ class Rendered:
     labels: list[int]  # IGNORE where the token is not supervised
     truncated: bool  # the example was longer than max_length
     n_full_tokens: int  # length before truncation
+    distill: bool = False  # data.replay.distill: the labels' positions learn the base model's distribution instead
 
     @property
     def n_supervised(self) -> int:

@@ -58,8 +58,14 @@ def label_cross_entropy(model: torch.nn.Module, batch: dict[str, torch.Tensor],
     same pass (see _ChunkedHeadCrossEntropy), so peak memory holds (chunk, V) logits instead of two (N, V)
     tensors. The result equals the unchunked one up to float summation order.
     """
-    lm = unwrap(model)
     hidden, targets = label_hidden(model, batch)  # (N, H), (N,)
+    return hidden_cross_entropy(model, hidden, targets, chunk)
+
+
+def hidden_cross_entropy(model: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
+                         chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """label_cross_entropy from final hidden states (N, H) and their targets (N,)."""
+    lm = unwrap(model)
     head = lm.get_output_embeddings()
     softcap = getattr(lm.config, "final_logit_softcapping", None) or None
     # Only a plain Linear head is read as (weight, bias): a LoRA-wrapped or quantised head runs as a module.
@@ -93,12 +99,42 @@ def label_token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor],
     return -token_loss
 
 
+def label_distillation(model: torch.nn.Module, hidden: torch.Tensor, teacher: torch.Tensor,
+                       teacher_head: torch.nn.Module, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(teacher || model) of the next-token distributions at N positions: (summed (scalar), per token (N,), detached).
+
+    `hidden` (N, H) are the model's final hidden states at the positions (label_hidden), `teacher` (N, H) the
+    teacher's at the same positions, and `teacher_head` its head (for an adapter run: the model's own head, which
+    no adapter touches). With `chunk`, the heads and the loss run `chunk` positions at a time, as in
+    label_cross_entropy: the gradient of the KL with respect to the logits is softmax(z) - q, so soft targets
+    cost what hard ones cost, and no (N, V) tensor exists.
+    """
+    lm = unwrap(model)
+    head = lm.get_output_embeddings()
+    softcap = getattr(lm.config, "final_logit_softcapping", None) or None
+    teacher = teacher.detach()
+    if chunk is None or type(head) is not torch.nn.Linear or type(teacher_head) is not torch.nn.Linear:
+        log_p = torch.log_softmax(_head_logits(head, hidden, softcap), dim=-1)  # (N, V)
+        with torch.no_grad():
+            log_q = torch.log_softmax(_head_logits(teacher_head, teacher, softcap), dim=-1)  # (N, V)
+        token_loss = F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(-1)  # (N,)
+        return token_loss.sum(), token_loss.detach()
+    return _ChunkedHeadCrossEntropy.apply(hidden, head.weight, head.bias, None, chunk, softcap,
+                                          torch.is_grad_enabled(), False,
+                                          (teacher, teacher_head.weight.detach(), _detached(teacher_head.bias)))
+
+
+def _detached(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.detach()
+
+
+def _softcapped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+
 def _head_logits(head: torch.nn.Module, hidden: torch.Tensor, softcap: float | None) -> torch.Tensor:
     """All (N, V) logits at once, in fp32, through the softcap when the model has one: the unchunked path."""
-    logits = head(hidden)  # (N, V)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return logits.float()
+    return _softcapped(head(hidden), softcap).float()
 
 
 class _ChunkedHeadCrossEntropy(torch.autograd.Function):
@@ -110,13 +146,16 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
     (V, H) results are kept. The loss is a sum, so the backward pass scales them by its incoming scalar.
     Nothing is recomputed, so it costs no more compute than autograd over the whole (N, V).
 
+    With `teacher` = (hidden (N, H), head weight, head bias), the targets are that teacher's distributions q
+    instead of tokens: the loss is KL(q || p) and dKL/dz = softmax(z) - q (label_distillation).
+
     With `per_token`, the per-token losses (N,) carry a gradient too: row i of d/dh is token i's own
     gradient, so it scales by that token's incoming gradient. d/dW mixes the tokens and cannot, so
     per_token needs a head that does not train (label_token_logprobs checks).
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk, softcap, grad_enabled, per_token):
+    def forward(ctx, hidden, weight, bias, targets, chunk, softcap, grad_enabled, per_token, teacher=None):
         n = hidden.shape[0]
         need_h, need_w, need_b = (grad_enabled and need for need in ctx.needs_input_grad[:3])
         token_loss = torch.empty(n, dtype=torch.float32, device=hidden.device)  # (N,)
@@ -125,17 +164,26 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None  # (V,)
         for start in range(0, n, chunk):
             h = hidden[start : start + chunk]  # (C, H)
-            y = targets[start : start + chunk]  # (C,)
             logits = F.linear(h, weight, bias)  # (C, V), in autocast's dtype, as the unchunked head
-            z = logits.float()
-            if softcap:
-                z = torch.tanh(z / softcap) * softcap
+            z = _softcapped(logits.float(), softcap)
             log_probs = torch.log_softmax(z, dim=-1)  # (C, V)
-            token_loss[start : start + chunk] = -log_probs.gather(1, y[:, None]).squeeze(1)
+            if teacher is None:
+                y = targets[start : start + chunk]  # (C,)
+                token_loss[start : start + chunk] = -log_probs.gather(1, y[:, None]).squeeze(1)
+            else:  # soft targets: the teacher's distribution q at the same positions, loss KL(q || p)
+                t_hidden, t_weight, t_bias = teacher
+                t_logits = F.linear(t_hidden[start : start + chunk].to(logits.dtype), t_weight.to(logits.dtype),
+                                    None if t_bias is None else t_bias.to(logits.dtype))  # (C, V)
+                q_log = torch.log_softmax(_softcapped(t_logits.float(), softcap), dim=-1)  # (C, V)
+                q = q_log.exp()
+                token_loss[start : start + chunk] = (q * (q_log - log_probs)).sum(-1)
             if not (need_h or need_w or need_b):
                 continue
             grad_z = log_probs.exp_()  # (C, V): softmax, in place of the log-probs
-            grad_z[torch.arange(len(y), device=y.device), y] -= 1.0
+            if teacher is None:
+                grad_z[torch.arange(len(y), device=y.device), y] -= 1.0
+            else:
+                grad_z -= q  # d KL(q || softmax(z)) / dz = softmax(z) - q
             if softcap:
                 grad_z *= 1.0 - (z / softcap) ** 2
             grad_logits = grad_z.to(logits.dtype)
@@ -166,5 +214,5 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
             grad_h,
             None if grad_w is None else (grad_w * scale).to(w_dtype),
             None if grad_b is None else (grad_b * scale).to(b_dtype),
-            None, None, None, None, None,
+            None, None, None, None, None, None,
         )

@@ -18,7 +18,7 @@ import torch
 from whetstone.data.records import Message
 from whetstone.data.render import IGNORE, _supervise_through_eos, render_chat_pieces
 from whetstone.methods import is_adapter_model
-from whetstone.models.forward import LOGIT_CHUNK, label_token_logprobs
+from whetstone.models.forward import LOGIT_CHUNK, label_hidden, label_token_logprobs, unwrap
 
 
 @dataclass
@@ -122,15 +122,30 @@ class Reference:
 
     copy: torch.nn.Module | None
 
-    @torch.no_grad()
     def logprobs(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """sequence_logprobs under the reference."""
+        return self._run(model, sequence_logprobs, batch)
+
+    def label_hidden(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The reference's final hidden states at the batch's supervised positions, (N, H) (models/forward.py)."""
+        return self._run(model, lambda m, b: label_hidden(m, b)[0], batch)
+
+    def head(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The reference's LM head: the copy's, or the model's own without its adapter if it has one (peft)."""
         if self.copy is not None:
-            return sequence_logprobs(self.copy, batch)
+            return unwrap(self.copy).get_output_embeddings()
+        head = unwrap(model).get_output_embeddings()
+        return head.get_base_layer() if hasattr(head, "get_base_layer") else head
+
+    @torch.no_grad()
+    def _run(self, model: torch.nn.Module, fn, batch: dict[str, torch.Tensor]):
+        if self.copy is not None:
+            return fn(self.copy, batch)
         was_training = model.training
         model.eval()  # no dropout in the reference: it must be a fixed function
         try:
             with model.disable_adapter():
-                return sequence_logprobs(model, batch)
+                return fn(model, batch)
         finally:
             model.train(was_training)
 

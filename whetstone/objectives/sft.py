@@ -6,6 +6,13 @@ Prompt tokens carry the label -100 (see data/render.py) and cost nothing here.
 The head and the loss run in chunks of train.logit_chunk supervised tokens
 (models/forward.py). With data.packing, a row holds several examples and
 `example_ids` says whose each token is (data/packing.py).
+
+With data.replay.distill, the replay examples' tokens learn the base model's
+whole next-token distribution q instead of the data's token:
+
+    L_t = KL(q_t || p_t) = sum_v q_t(v) (log q_t(v) - log p_t(v))
+
+and the batch's "distill" mask says which tokens those are.
 """
 
 from __future__ import annotations
@@ -19,19 +26,30 @@ from whetstone.data.batches import collate, supervised_count
 from whetstone.data.dataset import tokenize
 from whetstone.data.packing import collate_packed
 from whetstone.data.render import IGNORE
-from whetstone.models.forward import LOGIT_CHUNK, label_cross_entropy
+from whetstone.models.forward import (
+    LOGIT_CHUNK,
+    hidden_cross_entropy,
+    label_cross_entropy,
+    label_distillation,
+    label_hidden,
+)
 from whetstone.objectives.base import LossOutput, Objective
+from whetstone.objectives.logprobs import Reference, build_reference
 
 
 @dataclass(frozen=True)
 class SFTContext:
     logit_chunk: int | None  # supervised tokens per chunk of head + cross-entropy; None: all at once
+    reference: Reference | None = None  # data.replay.distill: the base model, whose distributions replay learns
 
 
 def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], context: SFTContext | None = None) -> LossOutput:
     chunk = context.logit_chunk if context is not None else LOGIT_CHUNK
-    loss_sum, token_loss = label_cross_entropy(model, batch, chunk)  # scalar, (N,) detached
     keep = batch["labels"][:, 1:] != IGNORE  # (R, T-1), the mask label_cross_entropy used
+    if "distill" in batch and context is not None and context.reference is not None:
+        loss_sum, token_loss = _distilled_loss(model, batch, keep, context.reference, chunk)
+    else:
+        loss_sum, token_loss = label_cross_entropy(model, batch, chunk)  # scalar, (N,) detached
     # Which example each supervised token belongs to, in row-major order: per-task losses for free.
     if "example_ids" in batch:  # packed rows hold several examples
         rows = batch["example_ids"][:, 1:][keep]  # (N,)
@@ -44,8 +62,30 @@ def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], context: SF
     return LossOutput(loss_sum=loss_sum, units=int(token_loss.numel()), row_loss=row_loss, row_units=row_units)
 
 
+def _distilled_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], keep: torch.Tensor,
+                    reference: Reference, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy at the data's supervised tokens, KL(base || model) at the distilled ones: (sum, per token (N,)).
+
+    One decoder pass of the model serves both. The base runs only on the rows that hold distilled tokens.
+    """
+    hidden, targets = label_hidden(model, batch)  # (N, H), (N,): row-major over `keep`
+    distilled = batch["distill"][:, 1:][keep]  # (N,)
+    rows = batch["distill"].any(dim=1)  # (R,)
+    # The base's labels: only the distilled tokens, so label_hidden returns them in the same row-major order.
+    base_batch = {k: v[rows] for k, v in batch.items()}
+    base_batch["labels"] = torch.where(base_batch["distill"], base_batch["labels"], IGNORE)
+    teacher = reference.label_hidden(model, base_batch)  # (N_d, H)
+    kl_sum, kl = label_distillation(model, hidden[distilled], teacher, reference.head(model), chunk)
+    ce_sum, ce = hidden_cross_entropy(model, hidden[~distilled], targets[~distilled], chunk)
+    token_loss = torch.empty(len(targets), dtype=kl.dtype, device=kl.device)  # (N,)
+    token_loss[distilled], token_loss[~distilled] = kl, ce
+    return kl_sum + ce_sum, token_loss
+
+
 def setup_sft(model, config, train_set) -> SFTContext:
-    return SFTContext(logit_chunk=config.train.logit_chunk)
+    replay = config.data.replay
+    reference = build_reference(model) if replay is not None and replay.distill else None
+    return SFTContext(logit_chunk=config.train.logit_chunk, reference=reference)
 
 
 SFT = Objective(name="sft", prepare=tokenize, collate=collate, units=supervised_count, loss=sft_loss, setup=setup_sft)

@@ -236,7 +236,7 @@ def _write_lineage(directory: Path, config: RunConfig, cfg: RunConfig, index: in
     files += [("train", s.path, s.task, s.weight) for s in sources]
     files += [("eval", s.eval, s.task, None) for s in sources if s.eval]
     files += [("eval", data.eval, None, None)] if data.eval else []
-    files += [("replay", data.replay.source, "replay", data.replay.fraction)] if data.replay else []
+    files += [("replay", path, "replay", data.replay.fraction) for path in (data.replay.paths if data.replay else [])]
     parent_lineage = directory.parent / parent / "lineage.json" if parent else None
     lineage = {
         "pipeline": str(directory.parent.parent.resolve()),
