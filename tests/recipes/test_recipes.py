@@ -141,7 +141,10 @@ def test_recipe_runs_end_to_end_on_a_truncated_dataset(name, tiny_model_dir, tmp
     written = json.loads((run / "summary.json").read_text())
     _, metrics = RECIPES[name]
     assert written["steps"] == 2 and written["data"]["format"] == "messages"
-    assert (written["data"]["records"], written["data"]["eval_records"]) == (len(train_records), len(eval_records))
+    replay = config.data.replay.paths if config.data.replay else []  # knowledge_base: distilled self-replay
+    replay_records = sum(len((ROOT / path).read_text(encoding="utf-8").splitlines()) for path in replay)
+    assert (written["data"]["records"], written["data"]["eval_records"]) == (len(train_records) + replay_records,
+                                                                             len(eval_records))
     assert math.isfinite(written["eval_loss"]) and written["final_eval"]["n"] == 3
     for metric in metrics:
         upper = 100.0 if metric in ("chrf", "bleu") else 1.0
