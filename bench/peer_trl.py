@@ -26,6 +26,13 @@ import time
 import torch
 
 
+def own_peak_mb() -> float:
+    """VmHWM, as whetstone's summary reports it: ru_maxrss would include the parent's peak (fork + exec)."""
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    return int(status["VmHWM"].split()[0]) / 1024 if "VmHWM" in status else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def counting(compute_loss, tally: dict):
     """Wrap trainer.compute_loss so that every batch trained on adds its real tokens to `tally`.
 
@@ -93,7 +100,7 @@ def main() -> None:
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     print(json.dumps({"tokens": tally["tokens"], "seconds": round(seconds, 2),
                       "tokens_per_s": round(tally["tokens"] / seconds, 2),
-                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                      "peak_rss_mb": round(own_peak_mb(), 1),
                       "losses": losses}))
 
 

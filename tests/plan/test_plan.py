@@ -72,6 +72,8 @@ def test_memory_arithmetic_by_hand():
     assert m.peak_with(True) == 1000 + 4000 + 400 + 800 + 624 + 60
     checkpointed = estimate.estimate_memory(params, "full", fit, shape, 1000.0, gradient_checkpointing=True)
     assert checkpointed.peak == m.peak_with(True)
+    m.allocator = 50.0  # what the probe's fresh process held beyond the model: part of the peak
+    assert m.peak == 1000 + 4000 + 400 + 800 + 224 + 60 + 50
     q = estimate.estimate_memory(params, "qlora", fit, shape, 0.0, False)
     assert q.weights == pytest.approx(600 * 4.127 / 8 + 400 * 4)
 
@@ -122,6 +124,25 @@ def test_activation_fit_predicts_an_unseen_batch(tiny_model_dir):
     assert predicted == pytest.approx(measured, rel=0.01)
 
 
+def test_a_probe_in_a_fresh_process_measures_what_one_in_this_process_does(tiny_model_dir, qa_file):
+    from whetstone.config import load_config
+    from whetstone.models import load_tokenizer
+    from whetstone.plan.probe import prepare_run, probe_in_fresh_process, probe_method
+
+    config = load_config(None, [f"model={tiny_model_dir}", f"data.train={qa_file}", "train.batch_size=4",
+                                "data.max_length=64"])
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    objective, train_set, shape = prepare_run(config, tokenizer)
+    here = probe_method(config, METHODS["lora"], objective, train_set, shape, tokenizer, torch.device("cpu"))
+    fresh = probe_in_fresh_process(config, METHODS["lora"], "cpu")
+    assert fresh.fit.per_token == pytest.approx(here.fit.per_token, rel=1e-6)  # the same model, the same bytes
+    assert fresh.fit.per_supervised == pytest.approx(here.fit.per_supervised, rel=1e-6)
+    assert fresh.time.probed_steps == here.time.probed_steps == 3
+    assert fresh.time.per_token > 0 and fresh.time.first_step > 0
+    # Its own process: the peak holds the weights, AdamW and the steps on top of what it held before loading.
+    assert fresh.process_peak > fresh.rss_before_load > 0
+
+
 def test_time_fit_arithmetic():
     shape = RunShape(plan=None, steps=[[MicroBatchShape(2, 10, 5)], [MicroBatchShape(2, 20, 5)],
                                        [MicroBatchShape(2, 30, 5), MicroBatchShape(1, 10, 2)]], indices=[])
@@ -169,9 +190,10 @@ def test_plan_json_on_the_tiny_model(tiny_model_dir, qa_file, capsys):
                             "peak_without_checkpointing_mb", "peak_with_checkpointing_mb", "flops_per_token",
                             "seconds", "output_mb", "variants_mb"}
         assert set(row["memory_mb"]) == {"baseline", "weights", "gradients", "optimizer", "activations",
-                                         "activations_checkpointed", "logits", "probe_excess"}
+                                         "activations_checkpointed", "logits", "allocator"}
         parts = row["memory_mb"]
-        total = sum(parts[k] for k in ("baseline", "weights", "gradients", "optimizer", "activations", "logits"))
+        total = sum(parts[k] for k in ("baseline", "weights", "gradients", "optimizer", "activations", "logits",
+                                       "allocator"))
         assert row["peak_mb"] == pytest.approx(total, abs=0.5)
     assert rows["full"]["trainable_pct"] == 100.0
     assert rows["full"]["memory_mb"]["optimizer"] == pytest.approx(2 * rows["full"]["memory_mb"]["weights"], abs=0.2)

@@ -28,9 +28,6 @@ def _whetstone(*args: str) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 7 acceptance not met yet: lora's peak is under-predicted by ~45% (memory "
-                   "kept between steps) and full/lora time over-predicted by 35-50% (probe steps run inside the "
-                   "planner's process); see docs/plan.md")
 def test_predicted_peak_and_time_match_short_real_runs(tmp_path):
     config = str(ROOT / "configs/sft_lora.yaml")
     plan = json.loads(_whetstone("plan", config, "--methods", "full,freeze,lora", "--json", *COMMON))

@@ -21,9 +21,9 @@ checked by hand:
               see models/forward.py) plus its gradient of the same size in backward
   baseline  = the resident memory of the process before any model is loaded (Python, torch,
               transformers, the tokenizer and the data), measured by the probe
-  probe_excess = what the probe's own optimizer steps (the run's first steps, real batches) held
-              beyond the terms above at their peak RSS (allocator, workspaces). Reported beside the
-              peak, not added to it: in the planner's process it reads high (see docs/plan.md).
+  allocator = what a fresh process running the run's own first optimizer steps (real batches)
+              held at its peak RSS beyond the terms above: freed memory the allocator keeps,
+              fragmentation, workspaces, the model's load. Measured by the probe, added to the peak.
 
 - with gradient checkpointing, a block keeps only its input (B x T x hidden x 4 bytes) and
   one block's activations are live at a time during the recompute:
@@ -104,11 +104,11 @@ class MemoryEstimate:
     activations_checkpointed: float
     logits: float
     gradient_checkpointing: bool  # which activation figure the peak uses (train.gradient_checkpointing)
-    probe_excess: float = 0.0  # what the probe's own steps held beyond this model; shown, NOT in the peak
+    allocator: float = 0.0  # what the probe's fresh process held beyond the terms above (CPU runs)
 
     def peak_with(self, checkpointing: bool) -> float:
         acts = self.activations_checkpointed if checkpointing else self.activations
-        return self.baseline + self.weights + self.gradients + self.optimizer + acts + self.logits
+        return self.baseline + self.weights + self.gradients + self.optimizer + acts + self.logits + self.allocator
 
     @property
     def peak(self) -> float:
@@ -148,7 +148,7 @@ class MethodPlan:
                 "baseline": _mb(m.baseline), "weights": _mb(m.weights), "gradients": _mb(m.gradients),
                 "optimizer": _mb(m.optimizer), "activations": _mb(m.activations),
                 "activations_checkpointed": _mb(m.activations_checkpointed), "logits": _mb(m.logits),
-                "probe_excess": _mb(m.probe_excess),
+                "allocator": _mb(m.allocator),
             }
             out["peak_mb"] = _mb(m.peak)
             out["peak_without_checkpointing_mb"] = _mb(m.peak_with(False))

@@ -15,7 +15,7 @@ from whetstone.errors import WhetstoneError
 from whetstone.methods.freeze import transformer_blocks
 from whetstone.plan import estimate
 from whetstone.plan.estimate import METHOD_NAMES, MethodPlan
-from whetstone.plan.probe import prepare_run, probe_method, rss_bytes
+from whetstone.plan.probe import MethodProbe, prepare_run, probe_in_fresh_process, probe_method, rss_bytes
 
 
 @dataclass
@@ -26,6 +26,7 @@ class PlanOptions:
     peak_tflops: float | None = None  # a stated device peak, for --device cuda without a GPU here
     utilisation: float = 0.4  # the share of that peak a fine-tuning step reaches (model FLOPs utilisation)
     budget: float | None = None  # bytes; None: no recommendation
+    fresh_process: bool = True  # probe each method in its own new process (probe.py); False: in this one (tests)
 
 
 @dataclass
@@ -80,6 +81,12 @@ def plan_methods(config: RunConfig, options: PlanOptions) -> Plan:
         notes.append("the memory model assumes fp32 activations; bf16 autocast keeps fewer bytes per activation.")
     tokenizer = load_tokenizer(config.model, config.data.chat_template)
     objective, train_set, shape = prepare_run(config, tokenizer)
+
+    def probe(config, method, device, measure_steps) -> MethodProbe:
+        if options.fresh_process:
+            return probe_in_fresh_process(config, method, device, measure_steps)
+        return probe_method(config, method, objective, train_set, shape, tokenizer, device, measure_steps)
+
     if len(train_set.examples) == 0:
         raise WhetstoneError("data.train: no usable training examples; check it with `whetstone data check`.")
     # What the training process holds before its model: Python, torch, transformers, the tokenizer and the data.
@@ -101,18 +108,16 @@ def plan_methods(config: RunConfig, options: PlanOptions) -> Plan:
                              "activations, time is not measured here.")
             fit, timing = lora_fit, None
             if fit is None:
-                fit = probe_method(config, estimate.method_config(config.method, "lora"), objective, train_set,
-                                   shape, tokenizer, probe_device, measure_steps=False).fit
+                fit = probe(config, estimate.method_config(config.method, "lora"), probe_device, False).fit
         else:
-            probed = probe_method(config, method, objective, train_set, shape, tokenizer, probe_device,
-                                  measure_steps=not flops_time)
+            probed = probe(config, method, probe_device, not flops_time)
             fit, timing = probed.fit, probed.time
             if name == "lora":
                 lora_fit = fit
         row.memory = estimate.estimate_memory(params, name, fit, largest, baseline,
                                               config.train.gradient_checkpointing)
         if timing is not None and probe_device.type == "cpu":
-            row.memory.probe_excess = _probe_excess(params, name, fit, shape, probed.rss_before_load, timing)
+            row.memory.allocator = _allocator(params, name, fit, shape, probed)
         if flops_time:
             row.seconds = (shape.total_padded_tokens() * row.flops_per_token
                            / (options.peak_tflops * 1e12 * options.utilisation))
@@ -129,14 +134,14 @@ def plan_methods(config: RunConfig, options: PlanOptions) -> Plan:
     return plan
 
 
-def _probe_excess(params, name: str, fit, shape, rss_before_load: float, timing) -> float:
-    """The probe's measured peak beyond the memory model at the probed steps' own largest micro-batch."""
-    probed = estimate.estimate_memory(params, name, fit, shape.largest(timing.probed_steps), 0.0, False)
-    return max(0.0, timing.peak_rss - rss_before_load - probed.peak_with(False))
+def _allocator(params, name: str, fit, shape, probed: MethodProbe) -> float:
+    """The probe process's peak beyond the memory model at the probed steps' own largest micro-batch."""
+    model = estimate.estimate_memory(params, name, fit, shape.largest(probed.time.probed_steps), 0.0, False)
+    return max(0.0, probed.process_peak - probed.rss_before_load - model.peak_with(False))
 
 
 _COLUMNS = ("method", "total", "trainable", "%", "weights", "grads", "optim", "acts", "acts ckpt", "logits",
-            "peak", "peak ckpt", "GFLOP/tok", "time", "output", "K variants")
+            "alloc", "peak", "peak ckpt", "GFLOP/tok", "time", "output", "K variants")
 
 
 def render_table(plan: Plan, variants: int) -> str:
@@ -148,7 +153,8 @@ def render_table(plan: Plan, variants: int) -> str:
         rows.append((
             r.method, f"{p.total / 1e6:,.1f}M", f"{p.trainable / 1e6:,.2f}M", f"{p.trainable_pct:.2f}",
             mb(m.weights), mb(m.gradients), mb(m.optimizer), mb(m.activations), mb(m.activations_checkpointed),
-            mb(m.logits), mb(m.peak_with(False)), mb(m.peak_with(True)), f"{r.flops_per_token / 1e9:.2f}",
+            mb(m.logits), mb(m.allocator), mb(m.peak_with(False)), mb(m.peak_with(True)),
+            f"{r.flops_per_token / 1e9:.2f}",
             estimate._duration(r.seconds) if r.seconds is not None else "-", mb(r.output_bytes),
             mb(r.variants_bytes),
         ))
@@ -161,7 +167,8 @@ def render_table(plan: Plan, variants: int) -> str:
     out = [line(_COLUMNS), line(["-" * w for w in widths]), *(line(row) for row in rows), ""]
     out.append(f"memory in MB, for one process: peak = baseline {plan.rows[0].memory.baseline / 2**20:,.0f} MB "
                f"(the process before its model) + weights + grads + optim (AdamW, 2 fp32 moments) + activations "
-               f"+ logits; the largest micro-batch is {big.batch} x {big.length} tokens ({big.supervised} supervised).")
+               f"+ logits + alloc (what a fresh process running the run's first steps held beyond those); "
+               f"the largest micro-batch is {big.batch} x {big.length} tokens ({big.supervised} supervised).")
     out.append(f"time: {plan.steps} optimizer steps, {plan.padded_tokens:,} padded tokens; {plan.time_source}. "
                f"FLOPs/token: 6N when every weight trains, 2N + 2N_backward + 2N_trainable on a frozen base.")
     out.append(f"storage: output = adapter (trainable x 4 B) or whole model (total x 4 B); K variants = {variants} "

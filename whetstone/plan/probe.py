@@ -14,6 +14,12 @@ For each method the probe loads the real model, applies the method and measures:
        t_1 + sum_{s=2..S} (t_optimizer + t_token * padded_tokens_s).
 3. The baseline: resident memory before any model is loaded.
 
+`probe_in_fresh_process` runs all of this for one method in a new Python process, as
+`whetstone train` starts one: its step times are then the real run's, and its peak RSS (the
+process's, over loading and the probed steps) is what the real run's first steps reach,
+allocator caches and fragmentation included. In the planner's own process, after other
+methods' probes, both read high.
+
 The probe needs the data (it tokenizes the training set, as `whetstone train` does) but writes
 nothing.
 """
@@ -24,7 +30,6 @@ import ctypes
 import gc
 import math
 import resource
-import threading
 import time
 from dataclasses import dataclass
 
@@ -42,35 +47,6 @@ def rss_bytes() -> float:
             return int(f.read().split()[1]) * resource.getpagesize()
     except OSError:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
-
-
-class PeakSampler:
-    """The highest resident memory while the block runs, read every few milliseconds from /proc.
-
-    ru_maxrss only ever grows over the life of the process; a planner that probes several methods
-    one after the other needs the peak of each probe on its own.
-    """
-
-    def __init__(self, interval: float = 0.003):
-        self.interval = interval
-        self.peak = 0.0
-        self._stop = threading.Event()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_bytes())
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self.peak = rss_bytes()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_bytes())
 
 
 def release_freed_memory() -> None:
@@ -106,7 +82,6 @@ class TimeFit:
     first_step: float  # seconds of the run's first step
     per_token: float  # forward + backward seconds per padded token
     per_step: float  # clip + optimizer step seconds
-    peak_rss: float = 0.0  # the highest RSS during the probed steps
     probed_steps: int = 0
 
     def seconds(self, shape: RunShape) -> float:
@@ -202,31 +177,29 @@ def measure_time(model, objective, context, train_set, shape: RunShape, config: 
     first = compute = opt = 0.0
     tokens = 0
     model.train()
-    with PeakSampler() as sampler:  # the run's own peak: weights, grads, AdamW state, activations, allocator
-        for step in range(n_steps):
-            t0 = time.perf_counter()
-            batches = [objective.collate([train_set.examples[i] for i in idx], pad_id) for idx in shape.indices[step]]
-            units = max(1, sum(objective.units(b) for b in batches))
-            for batch in batches:
-                batch = {k: v.to(device) for k, v in batch.items()}
-                out = objective.loss(model, batch, context)
-                (out.loss_sum / units).backward()
-            _sync(device)
-            t1 = time.perf_counter()
-            torch.nn.utils.clip_grad_norm_(params, config.train.max_grad_norm or math.inf)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            _sync(device)
-            t2 = time.perf_counter()
-            if step == 0:
-                first = t2 - t0
-            else:
-                compute, opt, tokens = compute + (t1 - t0), opt + (t2 - t1), tokens + shape.padded_tokens(step)
+    for step in range(n_steps):
+        t0 = time.perf_counter()
+        batches = [objective.collate([train_set.examples[i] for i in idx], pad_id) for idx in shape.indices[step]]
+        units = max(1, sum(objective.units(b) for b in batches))
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = objective.loss(model, batch, context)
+            (out.loss_sum / units).backward()
+        _sync(device)
+        t1 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(params, config.train.max_grad_norm or math.inf)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        t2 = time.perf_counter()
+        if step == 0:
+            first = t2 - t0
+        else:
+            compute, opt, tokens = compute + (t1 - t0), opt + (t2 - t1), tokens + shape.padded_tokens(step)
     if n_steps == 1:  # a one-step run: the first step is all there is
         fit = TimeFit(first_step=first, per_token=first / max(shape.padded_tokens(0), 1), per_step=0.0)
     else:
         fit = TimeFit(first_step=first, per_token=compute / max(tokens, 1), per_step=opt / (n_steps - 1))
-    fit.peak_rss = sampler.peak
     fit.probed_steps = n_steps
     return fit
 
@@ -242,13 +215,19 @@ class MethodProbe:
     time: TimeFit | None
     load_seconds: float
     rss_before_load: float  # live memory before this method's model (freed memory handed back first)
+    process_peak: float = 0.0  # the process's peak RSS after loading and the timed steps (VmHWM)
 
 
 def probe_method(config: RunConfig, method: MethodConfig, objective, train_set, shape: RunShape, tokenizer,
                  device, measure_steps: bool = True) -> MethodProbe:
-    """Load the model, apply `method`, and measure its activations (and, if asked, its step time)."""
+    """Load the model, apply `method`, and measure its step time (if asked), then its activations.
+
+    The steps come first, so that the process's peak after them is the one a real run's first steps reach,
+    before the activation probes allocate anything a run never would.
+    """
     from whetstone.methods import apply_method
     from whetstone.models import load_model
+    from whetstone.train.loop import peak_rss_mb
 
     release_freed_memory()
     rss_before_load = rss_bytes()
@@ -259,10 +238,29 @@ def probe_method(config: RunConfig, method: MethodConfig, objective, train_set, 
     load_seconds = time.perf_counter() - t0
     model.train()
     context = objective.setup(model, config, train_set)
-    vocab = int(model.get_input_embeddings().weight.shape[0])
-    fit = measure_activations(model, objective, context, vocab, config.data.max_length, device)
     timing = None
     if measure_steps:
         timing = measure_time(model, objective, context, train_set, shape, config, tokenizer.pad_token_id, device)
+    process_peak = peak_rss_mb() * 2**20
+    vocab = int(model.get_input_embeddings().weight.shape[0])
+    fit = measure_activations(model, objective, context, vocab, config.data.max_length, device)
     del model, context
-    return MethodProbe(fit=fit, time=timing, load_seconds=load_seconds, rss_before_load=rss_before_load)
+    return MethodProbe(fit=fit, time=timing, load_seconds=load_seconds, rss_before_load=rss_before_load,
+                       process_peak=process_peak)
+
+
+def probe_in_fresh_process(config: RunConfig, method: MethodConfig, device, measure_steps: bool = True) -> MethodProbe:
+    """probe_method in a new Python process (spawned, as `whetstone train` starts): it loads the tokenizer and
+    prepares the data again, so that nothing the planner's process holds or has freed shows in its memory."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_probe_child, (config, method, str(device), measure_steps))
+
+
+def _probe_child(config: RunConfig, method: MethodConfig, device: str, measure_steps: bool) -> MethodProbe:
+    from whetstone.models import load_tokenizer
+
+    tokenizer = load_tokenizer(config.model, config.data.chat_template)
+    objective, train_set, shape = prepare_run(config, tokenizer)
+    return probe_method(config, method, objective, train_set, shape, tokenizer, torch.device(device), measure_steps)
