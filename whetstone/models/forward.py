@@ -3,9 +3,10 @@
 A causal LM's head maps every position to vocabulary-sized logits: for the
 embedded model that is 49,152 floats per token, most of them at prompt positions
 whose labels are -100. `label_hidden` runs the decoder and keeps the hidden
-states at supervised positions only. `label_cross_entropy` (SFT) and
-`label_token_logprobs` (the preference objectives) then apply the head and the
-log-softmax `chunk` tokens at a time, so at most (chunk, V) logits exist at once,
+states at supervised positions only. `label_cross_entropy` (SFT),
+`label_distillation` (SFT's distilled replay: soft targets from another model)
+and `label_token_logprobs` (the preference objectives) then apply the head and
+the log-softmax `chunk` tokens at a time, so at most (chunk, V) logits exist at once,
 in the forward pass and in the backward pass, instead of (B, T, V).
 
 A packed batch (data/packing.py) carries position_ids and example_ids; it goes
@@ -104,8 +105,8 @@ def label_distillation(model: torch.nn.Module, hidden: torch.Tensor, teacher: to
     """KL(teacher || model) of the next-token distributions at N positions: (summed (scalar), per token (N,), detached).
 
     `hidden` (N, H) are the model's final hidden states at the positions (label_hidden), `teacher` (N, H) the
-    teacher's at the same positions, and `teacher_head` its head (for an adapter run: the model's own head, which
-    no adapter touches). With `chunk`, the heads and the loss run `chunk` positions at a time, as in
+    teacher's at the same positions, and `teacher_head` its head (for an adapter run: the model's own head
+    without its adapter, objectives/logprobs.py Reference.head). With `chunk`, the heads and the loss run `chunk` positions at a time, as in
     label_cross_entropy: the gradient of the KL with respect to the logits is softmax(z) - q, so soft targets
     cost what hard ones cost, and no (N, V) tensor exists.
     """

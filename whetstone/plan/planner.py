@@ -15,7 +15,7 @@ from whetstone.errors import WhetstoneError
 from whetstone.methods.freeze import transformer_blocks
 from whetstone.plan import estimate
 from whetstone.plan.estimate import METHOD_NAMES, MethodPlan
-from whetstone.plan.probe import MethodProbe, prepare_run, probe_in_fresh_process, probe_method, rss_bytes
+from whetstone.plan.probe import MethodProbe, prepare_run, probe_in_fresh_process, rss_bytes
 
 
 @dataclass
@@ -26,7 +26,6 @@ class PlanOptions:
     peak_tflops: float | None = None  # a stated device peak, for --device cuda without a GPU here
     utilisation: float = 0.4  # the share of that peak a fine-tuning step reaches (model FLOPs utilisation)
     budget: float | None = None  # bytes; None: no recommendation
-    fresh_process: bool = True  # probe each method in its own new process (probe.py); False: in this one (tests)
 
 
 @dataclass
@@ -80,13 +79,7 @@ def plan_methods(config: RunConfig, options: PlanOptions) -> Plan:
     if config.train.precision != "fp32":
         notes.append("the memory model assumes fp32 activations; bf16 autocast keeps fewer bytes per activation.")
     tokenizer = load_tokenizer(config.model, config.data.chat_template)
-    objective, train_set, shape = prepare_run(config, tokenizer)
-
-    def probe(config, method, device, measure_steps) -> MethodProbe:
-        if options.fresh_process:
-            return probe_in_fresh_process(config, method, device, measure_steps)
-        return probe_method(config, method, objective, train_set, shape, tokenizer, device, measure_steps)
-
+    _, train_set, shape = prepare_run(config, tokenizer)  # the run's shape; each probe prepares its own copy
     if len(train_set.examples) == 0:
         raise WhetstoneError("data.train: no usable training examples; check it with `whetstone data check`.")
     # What the training process holds before its model: Python, torch, transformers, the tokenizer and the data.
@@ -108,9 +101,10 @@ def plan_methods(config: RunConfig, options: PlanOptions) -> Plan:
                              "activations, time is not measured here.")
             fit, timing = lora_fit, None
             if fit is None:
-                fit = probe(config, estimate.method_config(config.method, "lora"), probe_device, False).fit
+                fit = probe_in_fresh_process(config, estimate.method_config(config.method, "lora"), probe_device,
+                                             measure_steps=False).fit
         else:
-            probed = probe(config, method, probe_device, not flops_time)
+            probed = probe_in_fresh_process(config, method, probe_device, measure_steps=not flops_time)
             fit, timing = probed.fit, probed.time
             if name == "lora":
                 lora_fit = fit
