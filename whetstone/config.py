@@ -288,7 +288,7 @@ class ReplayConfig:
     distill: bool = False
     """Replay learns the base model's whole next-token distribution at every token of its records (KL to the model
     before tuning, the same model with adapters off or a frozen copy) instead of the records' own tokens. Objective
-    sft; the logged 'replay' loss is then that KL. See docs/knowledge.md."""
+    sft; the logged 'replay' loss is then that KL. See docs/supervised.md and docs/knowledge.md."""
 
     @property
     def paths(self) -> list[str]:
