@@ -66,9 +66,7 @@ def label_cross_entropy(model: torch.nn.Module, batch: dict[str, torch.Tensor],
 def hidden_cross_entropy(model: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
                          chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """label_cross_entropy from final hidden states (N, H) and their targets (N,)."""
-    lm = unwrap(model)
-    head = lm.get_output_embeddings()
-    softcap = getattr(lm.config, "final_logit_softcapping", None) or None
+    head, softcap = _head_and_softcap(model)
     # Only a plain Linear head is read as (weight, bias): a LoRA-wrapped or quantised head runs as a module.
     if chunk is None or type(head) is not torch.nn.Linear:
         token_loss = F.cross_entropy(_head_logits(head, hidden, softcap), targets, reduction="none")  # (N,)
@@ -87,10 +85,8 @@ def label_token_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor],
     `chunk` tokens at a time and keeps only each token's (H,) gradient, so peak memory holds (chunk, V) logits
     instead of (N, V) logits, their log-softmax and its gradient. A head that trains takes the unchunked path.
     """
-    lm = unwrap(model)
     hidden, targets = label_hidden(model, batch)  # (N, H), (N,)
-    head = lm.get_output_embeddings()
-    softcap = getattr(lm.config, "final_logit_softcapping", None) or None
+    head, softcap = _head_and_softcap(model)
     head_trains = torch.is_grad_enabled() and any(p is not None and p.requires_grad
                                                   for p in (getattr(head, "weight", None), getattr(head, "bias", None)))
     if chunk is None or type(head) is not torch.nn.Linear or head_trains:
@@ -110,9 +106,7 @@ def label_distillation(model: torch.nn.Module, hidden: torch.Tensor, teacher: to
     label_cross_entropy: the gradient of the KL with respect to the logits is softmax(z) - q, so soft targets
     cost what hard ones cost, and no (N, V) tensor exists.
     """
-    lm = unwrap(model)
-    head = lm.get_output_embeddings()
-    softcap = getattr(lm.config, "final_logit_softcapping", None) or None
+    head, softcap = _head_and_softcap(model)
     teacher = teacher.detach()
     if chunk is None or type(head) is not torch.nn.Linear or type(teacher_head) is not torch.nn.Linear:
         log_p = torch.log_softmax(_head_logits(head, hidden, softcap), dim=-1)  # (N, V)
@@ -123,6 +117,12 @@ def label_distillation(model: torch.nn.Module, hidden: torch.Tensor, teacher: to
     return _ChunkedHeadCrossEntropy.apply(hidden, head.weight, head.bias, None, chunk, softcap,
                                           torch.is_grad_enabled(), False,
                                           (teacher, teacher_head.weight.detach(), _detached(teacher_head.bias)))
+
+
+def _head_and_softcap(model: torch.nn.Module) -> tuple[torch.nn.Module, float | None]:
+    """The LM head under the wrappers, and the model's final logit softcap (Gemma 2), or None."""
+    lm = unwrap(model)
+    return lm.get_output_embeddings(), getattr(lm.config, "final_logit_softcapping", None) or None
 
 
 def _detached(tensor: torch.Tensor | None) -> torch.Tensor | None:
