@@ -79,6 +79,31 @@ def test_the_length_filter_keeps_short_requests_and_counts_the_rest(tiny, tmp_pa
 
 
 
+def test_request_starts_begin_the_requests_in_turn(tiny, tmp_path):
+    from whetstone.models.inference import generate_from_prompts
+
+    model, tokenizer = tiny
+    options = ReplayOptions(n=6, request_tokens=8, answer_tokens=24, batch_size=3, min_words=1, max_words=40,
+                            max_rounds=1, starts=("What is", "Who"))
+    out = tmp_path / "steered.jsonl"
+    report = write_self_replay(model, tokenizer, str(out), options)
+    requests = [json.loads(line)["messages"][0]["content"] for line in out.read_text().splitlines()]
+    assert report.sampled == 6 and requests
+    # The model continued the start's tokens: the request is the start plus exactly what it wrote after it.
+    prefix = request_prefix(tokenizer)
+    first = generate_from_prompts(model, tokenizer, [prefix + "What is", prefix + "Who", prefix + "What is"],
+                                  options.request_tokens, temperature=options.temperature, batch_size=3,
+                                  seed=options.seed, add_special_tokens=False, strip=False)  # round 0, batch 0
+    expected = [(start + text).strip() for start, text in zip(("What is", "Who", "What is"), first)]
+    kept_first = [r for r in expected if r in requests]
+    assert kept_first and all(r.startswith(("What is", "Who")) for r in requests)
+    assert requests[: len(kept_first)] == kept_first
+    assert any(r.startswith("What is") for r in requests) and any(r.startswith("Who") for r in requests)
+    assert main(["data", "replay", str(tmp_path / "x.jsonl"), "--request-start", " "]) == 2
+    assert main(["data", "replay", str(tmp_path / "y.jsonl"), "--request-start", "Who", "--requests",
+                 str(out)]) == 2
+
+
 def test_bad_output_and_options_fail_before_loading_a_model(tmp_path, capsys):
     exists = tmp_path / "there.jsonl"
     exists.write_text("")

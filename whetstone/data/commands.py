@@ -80,6 +80,9 @@ def add_parsers(data_subparsers) -> None:
                    "(docs/knowledge.md; default %(default)s)")
     p.add_argument("--requests", metavar="FILE", help="answer the user turns of these chat records instead of "
                    "sampling requests")
+    p.add_argument("--request-start", action="append", default=[], metavar="WORDS",
+                   help="begin sampled requests with WORDS, in turn with the other --request-start values (e.g. "
+                   "--request-start What --request-start Who for short questions); repeatable")
     p.add_argument("--batch-size", type=int, default=ReplayOptions.batch_size, metavar="B")
     p.add_argument("--seed", type=int, default=ReplayOptions.seed)
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -172,7 +175,12 @@ def run_replay(args: argparse.Namespace) -> int:
     from whetstone.models.inference import load_for_inference  # lazy: imports torch
 
     options = ReplayOptions(n=args.n, answer_tokens=args.answer_tokens, temperature=args.temperature,
-                            answer_temperature=args.answer_temperature, batch_size=args.batch_size, seed=args.seed)
+                            answer_temperature=args.answer_temperature, batch_size=args.batch_size, seed=args.seed,
+                            starts=tuple(args.request_start))
+    if args.requests and options.starts:
+        raise WhetstoneError("--request-start steers sampled requests; --requests gives them. Use one of the two.")
+    if any(not start.strip() for start in options.starts):
+        raise WhetstoneError("--request-start: give words, e.g. --request-start What.")
     check_output(args.output, options, args.overwrite)
     requests = read_requests(args.requests) if args.requests else None
     model, tokenizer = load_for_inference(model=args.model)

@@ -54,6 +54,9 @@ class ReplayOptions:
     max_words: int = 40
     max_rounds: int = 8
     """Sampling rounds of n requests each before giving up on reaching n."""
+    starts: tuple[str, ...] = ()
+    """Words each request begins with, taken in turn (e.g. "What", "Who"): they steer the kind of request
+    the model writes, here short questions, where an unsteered model mostly writes long tasks."""
 
 
 @dataclass
@@ -86,6 +89,7 @@ def sample_requests(model, tokenizer, options: ReplayOptions, report: ReplayRepo
     from whetstone.models.inference import generate_from_prompts  # lazy: imports torch
 
     prefix = request_prefix(tokenizer)
+    starts = options.starts or ("",)
     kept: list[str] = []
     seen: set[str] = set()
     for round_ in range(options.max_rounds):
@@ -94,12 +98,14 @@ def sample_requests(model, tokenizer, options: ReplayOptions, report: ReplayRepo
             break
         for start in range(0, want, options.batch_size):
             size = min(options.batch_size, want - start)
-            texts = generate_from_prompts(model, tokenizer, [prefix] * size, options.request_tokens,
+            begins = [starts[(report.sampled + i) % len(starts)] for i in range(size)]
+            texts = generate_from_prompts(model, tokenizer, [prefix + b for b in begins], options.request_tokens,
                                           temperature=options.temperature, batch_size=size,
-                                          seed=options.seed + 1_000_003 * round_ + start, add_special_tokens=False)
+                                          seed=options.seed + 1_000_003 * round_ + start, add_special_tokens=False,
+                                          strip=False)
             report.sampled += size
             before = len(kept)
-            for text in texts:
+            for text in ((b + t).strip() for b, t in zip(begins, texts)):
                 key = " ".join(text.lower().split())
                 if not _keep_request(text, options):
                     report.dropped["length"] += 1

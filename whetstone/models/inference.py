@@ -110,8 +110,11 @@ def generate_answers(model, tokenizer, conversations: list[list[dict]], max_new_
 @torch.no_grad()
 def generate_from_prompts(model, tokenizer, prompts: list[str], max_new_tokens: int = 128, temperature: float = 0.0,
                           batch_size: int = 8, seed: int = 0, add_special_tokens: bool = True,
-                          ended: list[bool] | None = None) -> list[str]:
+                          ended: list[bool] | None = None, strip: bool = True) -> list[str]:
     """Continue each prompt text, in batches of similar length; answers come back in the input order.
+
+    With strip=False the continuations keep their leading whitespace, so that prompt + continuation
+    reads as the model wrote it.
 
     With a list `ended`, it is filled, in the input order, with whether each answer ended with EOS
     (False: max_new_tokens cut it).
@@ -140,7 +143,7 @@ def generate_from_prompts(model, tokenizer, prompts: list[str], max_new_tokens: 
                                     pad_token_id=tokenizer.pad_token_id, **sampling)
             new_tokens = output[:, inputs["input_ids"].shape[1] :]  # (B, <= max_new_tokens)
             for i, text in zip(rows, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
-                answers[i] = text.strip()
+                answers[i] = text.strip() if strip else text
             for i, has_eos in zip(rows, (new_tokens == tokenizer.eos_token_id).any(dim=1).tolist()):
                 stopped[i] = has_eos
     finally:
