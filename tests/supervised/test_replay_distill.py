@@ -88,6 +88,16 @@ def test_the_kl_is_zero_where_the_student_is_the_base(tiny_model_dir, tiny_token
     assert max(float(g.abs().max()) for g in grads.values()) < 1e-6
 
 
+def test_distilled_tokens_without_a_reference_are_an_error(tiny_model_dir, tiny_tokenizer):
+    """Cross-entropy on replay tokens would be plain replay, a different run: sft_loss refuses, never falls back."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    examples = _examples(tiny_tokenizer)
+    with pytest.raises(RuntimeError, match="no reference model"):
+        sft_loss(model, collate(examples, tiny_tokenizer.pad_token_id), SFTContext(5))
+    plain = collate([e for e in examples if not e.distill], tiny_tokenizer.pad_token_id)
+    assert float(sft_loss(model, plain, SFTContext(5)).loss_sum) > 0  # no distilled token: cross-entropy as ever
+
+
 def test_replay_records_are_distilled_on_every_token(tmp_path, tiny_tokenizer):
     task = write_jsonl(tmp_path / "task.jsonl", [chat(f"Q{i}?", f"A{i}.") for i in range(4)])
     general = write_jsonl(tmp_path / "general.jsonl", [chat("Tell me about rain.", "Rain is water.")])

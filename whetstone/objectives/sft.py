@@ -46,8 +46,13 @@ class SFTContext:
 def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], context: SFTContext | None = None) -> LossOutput:
     chunk = context.logit_chunk if context is not None else LOGIT_CHUNK
     keep = batch["labels"][:, 1:] != IGNORE  # (R, T-1), the mask label_cross_entropy used
-    if "distill" in batch and context is not None and context.reference is not None:
-        loss_sum, token_loss = _distilled_loss(model, batch, keep, context.reference, chunk)
+    reference = context.reference if context is not None else None
+    if "distill" in batch and reference is not None:
+        loss_sum, token_loss = _distilled_loss(model, batch, keep, reference, chunk)
+    elif "distill" in batch and bool(batch["distill"].any()):
+        # Cross-entropy on replay tokens would train them as plain replay, silently: a different run.
+        raise RuntimeError("sft_loss: the batch holds distilled replay tokens but the context has no reference "
+                           "model; build the context with SFT.setup for a config with data.replay.distill.")
     else:
         loss_sum, token_loss = label_cross_entropy(model, batch, chunk)  # scalar, (N,) detached
     # Which example each supervised token belongs to, in row-major order: per-task losses for free.
