@@ -109,7 +109,7 @@ def test_packed_training_follows_the_unpacked_trajectory(tmp_path, tiny_model_di
 
 
 def test_packing_is_refused_where_it_cannot_apply(tiny_model_dir, qa_file):
-    for objective in ("dpo", "classify", "reward", "kto"):
+    for objective in ("classify", "reward", "kto"):
         with pytest.raises(ConfigError, match=f"data.packing: objective {objective}"):
             load_config(None, [f"model={tiny_model_dir}", f"data.train={qa_file}", f"objective={objective}",
                                "data.packing=true"])

@@ -106,6 +106,7 @@ class RewardSource:
 
 
 ONLINE_OBJECTIVES = ("ppo", "grpo")
+PACKABLE = ("sft", "dpo")  # objectives whose sequences data.packing can share rows
 
 
 @dataclass
@@ -323,8 +324,9 @@ class DataConfig:
     replay: ReplayConfig | None = None
     """{source: PATH, fraction: 0.1}: general data mixed in at that fraction of the draws, task 'replay'."""
     packing: bool = False
-    """sft: concatenate a micro-batch's examples into rows of at most max_length tokens (attention stays within
-    each example), so less compute goes to padding. Same loss per example; see data/packing.py."""
+    """sft, dpo: concatenate a micro-batch's sequences (dpo: chosen and rejected answers) into rows of at most
+    max_length tokens (attention stays within each sequence), so less compute goes to padding. Same loss per
+    example; see data/packing.py."""
     group_by_length: bool = False
     """Order each optimizer step's examples by length before splitting them into micro-batches (and processes),
     so each pads less. Each step keeps the same examples; it helps only with grad_accum > 1 or several processes."""
@@ -654,10 +656,10 @@ class RunConfig:
                     f"eval: {self.objective.name} evaluates the held-out mean reward and KL itself, so it does not run "
                     f"{', '.join(asked)}; remove them, or evaluate the finished run with `whetstone eval --run`."
                 )
-        if self.data.packing and self.objective.name != "sft":
-            problems.append(f"data.packing: objective {self.objective.name} keeps one sequence per row (pairs, "
-                            f"classification, rollouts), so it cannot be packed; packing is for objective sft. "
-                            f"Set data.packing: false.")
+        if self.data.packing and self.objective.name not in PACKABLE:
+            problems.append(f"data.packing: objective {self.objective.name} keeps one sequence per row "
+                            f"(classification, rewards, rollouts), so it cannot be packed; packing is for objectives "
+                            f"{' and '.join(PACKABLE)}. Set data.packing: false.")
         if self.data.replay is not None and self.data.replay.distill and self.objective.name != "sft":
             problems.append(f"data.replay.distill: objective {self.objective.name} does not learn from tokens, so "
                             f"there is nothing to distil; it is for objective sft. Set data.replay.distill: false.")

@@ -110,3 +110,25 @@ def test_config_errors_name_the_key_and_the_fix():
     with pytest.raises(ConfigError, match="does not run exact_match, forgetting"):
         load_config(None, ["data.train=a.jsonl", "objective=grpo", "objective.reward=[{function: 'm:f'}]",
                            "eval.metrics=[loss, exact_match]", "eval.forgetting=true"])
+
+
+def test_packed_dpo_follows_the_unpacked_trajectory(tmp_path, tiny_model_dir, pair_files, monkeypatch):
+    """data.packing for dpo: the same losses step by step, with fewer rows per micro-batch."""
+    from whetstone.objectives import preference
+
+    rows = []  # (sequences, rows) of every packed micro-batch
+    real = preference.collate_pairs_packed
+    monkeypatch.setattr(preference, "collate_pairs_packed", lambda examples, pad_id, max_length: rows.append(
+        (2 * len(examples), (batch := real(examples, pad_id, max_length))["input_ids"].shape[0])) or batch)
+    train_file, eval_file = pair_files
+    runs = {}
+    for packing in ("false", "true"):
+        config = pref_config(tiny_model_dir, "objective=dpo", f"data.train={train_file}", f"data.eval={eval_file}",
+                             "train.max_steps=6", "train.batch_size=8", f"data.packing={packing}")
+        train(config, tmp_path / packing, progress=False)
+        runs[packing] = read_metrics(tmp_path / packing)
+    for a, b in zip(runs["false"], runs["true"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-6)
+    assert runs["false"][-1]["eval_loss"] == pytest.approx(runs["true"][-1]["eval_loss"], abs=1e-5)
+    assert rows and all(n_rows < n for n, n_rows in rows)  # training and eval batches really ran packed

@@ -10,7 +10,7 @@ from whetstone.data.records import Message, Record
 from whetstone.data.render import IGNORE, render_record
 from whetstone.methods import apply_method
 from whetstone.objectives.logprobs import Reference, render_completion, sequence_logprobs
-from whetstone.objectives.preference import DPO, PairExample, collate_pairs, prepare_pairs
+from whetstone.objectives.preference import DPO, PairExample, collate_pairs, collate_pairs_packed, prepare_pairs
 
 PROMPT = (Message("user", "What is 2 plus 2?"),)
 
@@ -68,6 +68,30 @@ def test_concatenated_forward_equals_separate_forwards(tiny_model_dir, tiny_toke
     expected = [_by_hand(model, r.input_ids, r.labels) for r in rows]
     assert logps.tolist() == pytest.approx(expected, abs=1e-4)
     assert counts.tolist() == [r.n_supervised for r in rows]
+
+
+def test_packed_pairs_give_each_sequence_its_unpacked_logprob_and_gradient(tiny_model_dir, tiny_tokenizer):
+    """data.packing for DPO: chosen and rejected sequences share rows, and every figure per sequence is unchanged."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    pairs = _pairs(tiny_tokenizer)
+    pad = tiny_tokenizer.pad_token_id
+    padded, packed = collate_pairs(pairs, pad), collate_pairs_packed(pairs, pad, 64)
+    assert packed["input_ids"].shape[0] < padded["input_ids"].shape[0]  # several sequences really share a row
+    assert int(packed["attention_mask"].sum()) == int(padded["attention_mask"].sum())
+    assert torch.equal(packed["pair_key"], padded["pair_key"])
+    results = []
+    for batch in (padded, packed):
+        model.zero_grad(set_to_none=True)
+        logps, counts = sequence_logprobs(model, batch, chunk=5)
+        (logps * torch.arange(1.0, 7.0)).sum().backward()  # a different weight per sequence, as DPO has
+        results.append((logps.detach(), counts, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (a, counts_a, grads_a), (b, counts_b, grads_b) = results
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    assert torch.equal(counts_b, counts_a) and counts_a.tolist() == [r.n_supervised for r in
+                                                                     [p.chosen for p in pairs] + [p.rejected for p in pairs]]
+    worst = max(float((grads_a[n] - grads_b[n]).abs().max()) for n in grads_a)
+    assert worst < 1e-5, worst
+    assert DPO.units(packed) == DPO.units(padded) == 3
 
 
 def test_lora_reference_equals_the_base_model_exactly(tiny_model_dir, tiny_tokenizer):

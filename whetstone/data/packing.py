@@ -1,4 +1,4 @@
-"""Sequence packing for SFT: the examples of a micro-batch share rows instead of padding.
+"""Sequence packing for SFT and DPO: the examples of a micro-batch share rows instead of padding.
 
 A micro-batch of short and long examples padded to the longest wastes most of
 its compute on padding. Packing concatenates whole examples into rows of at most
@@ -78,7 +78,17 @@ def collate_packed(examples: list[Rendered], pad_id: int, max_length: int) -> di
     Besides input_ids, labels and attention_mask (1 on real tokens: the loop counts real tokens with it),
     the batch holds position_ids and example_ids (-1 on padding), each (R, T).
     """
-    lengths = [len(e.input_ids) for e in examples]
+    batch, rows = pack_sequences([(e.input_ids, e.labels) for e in examples], pad_id, max_length)
+    return with_distill_mask(batch, examples, rows)
+
+
+def pack_sequences(sequences: list[tuple[list[int], list[int]]], pad_id: int,
+                   max_length: int) -> tuple[dict[str, torch.Tensor], list[list[int]]]:
+    """(input_ids, labels) sequences packed into rows (collate_packed's batch), and which sequences each row holds.
+
+    example_ids numbers the sequences in the order given.
+    """
+    lengths = [len(ids) for ids, _ in sequences]
     rows = pack_rows(lengths, max_length)
     length = max(sum(lengths[i] for i in row) for row in rows)
     shape = (len(rows), length)
@@ -92,9 +102,9 @@ def collate_packed(examples: list[Rendered], pad_id: int, max_length: int) -> di
         for index in members:
             n = lengths[index]
             span = slice(start, start + n)
-            input_ids[r, span] = torch.tensor(examples[index].input_ids)
-            labels[r, span] = torch.tensor(examples[index].labels)
-            labels[r, start] = IGNORE  # would be predicted from the previous example's last token
+            input_ids[r, span] = torch.tensor(sequences[index][0])
+            labels[r, span] = torch.tensor(sequences[index][1])
+            labels[r, start] = IGNORE  # would be predicted from the previous sequence's last token
             attention_mask[r, span] = 1
             position_ids[r, span] = torch.arange(n)
             example_ids[r, span] = index
@@ -104,7 +114,7 @@ def collate_packed(examples: list[Rendered], pad_id: int, max_length: int) -> di
         position_ids[r, start:] = torch.arange(length - start)
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
              "position_ids": position_ids, "example_ids": example_ids}
-    return with_distill_mask(batch, examples, rows)
+    return batch, rows
 
 
 def padding_fraction(batches: list[dict[str, torch.Tensor]]) -> float:

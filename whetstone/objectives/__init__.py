@@ -9,12 +9,14 @@ their own data and have their own loop: whetstone/train/online.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from whetstone.objectives.base import LossOutput, Objective
 from whetstone.objectives.classify import CLASSIFY
 from whetstone.objectives.kto import KTO
-from whetstone.objectives.preference import DPO
+from whetstone.objectives.preference import DPO, packed_dpo
 from whetstone.objectives.reward import REWARD
-from whetstone.objectives.sft import SFT, sft_loss
+from whetstone.objectives.sft import SFT, packed_sft, sft_loss
 
 OBJECTIVES: dict[str, Objective] = {
     "sft": SFT,
@@ -24,4 +26,7 @@ OBJECTIVES: dict[str, Objective] = {
     "kto": KTO,
 }
 
-__all__ = ["OBJECTIVES", "LossOutput", "Objective", "sft_loss"]
+# data.packing: the objective with its sequences packed into rows of at most max_length tokens (config.PACKABLE).
+PACKED: dict[str, Callable[[int], Objective]] = {"sft": packed_sft, "dpo": packed_dpo}
+
+__all__ = ["OBJECTIVES", "PACKED", "LossOutput", "Objective", "sft_loss"]

@@ -98,16 +98,22 @@ def sequence_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor],
                       chunk: int | None = LOGIT_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of log p over each row's supervised tokens (R,), supervised tokens per row (R,)).
 
+    A packed batch gives the same per sequence, in example_ids order.
+
     Logits exist only at supervised positions (see models/forward.py), so a pair
     costs one decoder pass plus head outputs for its N supervised tokens, never
     (R, T, V); with `chunk` (train.logit_chunk) and a frozen head, `chunk` of them at a time.
     """
     token_logps = label_token_logprobs(model, batch, chunk)  # (N,)
     keep = batch["labels"][:, 1:] != IGNORE  # (R, T-1), the same mask label_token_logprobs used
-    rows = keep.nonzero()[:, 0]  # (N,): which row each supervised token belongs to
-    n_rows = batch["input_ids"].shape[0]
+    if "example_ids" in batch:  # packed rows (data/packing.py): per sequence, every one with supervised tokens
+        rows = batch["example_ids"][:, 1:][keep]  # (N,): which sequence each supervised token belongs to
+        n_rows = int(batch["example_ids"].max()) + 1
+    else:
+        rows = keep.nonzero()[:, 0]  # (N,): which row each supervised token belongs to
+        n_rows = batch["input_ids"].shape[0]
     sums = torch.zeros(n_rows, dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
-    counts = keep.sum(dim=1)  # (R,)
+    counts = torch.bincount(rows, minlength=n_rows)  # (R,) or (sequences,)
     return sums, counts
 
 

@@ -8,11 +8,13 @@ Every loss is a small pure function over sequence log-probabilities in the
 the implicit reward of an answer is beta * (log pi - log pi_ref) (beta * log pi
 for the reference-free losses), and a pair is ranked correctly when the chosen
 answer's reward is the higher one. Chosen and rejected answers go through the
-model in ONE forward pass: the batch is [chosen rows; rejected rows].
+model in ONE forward pass: the batch is [chosen rows; rejected rows], or, with
+data.packing, the same sequences packed into rows (example_ids numbers them so).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from whetstone.data.dataset import DataStats
+from whetstone.data.packing import pack_sequences
 from whetstone.data.records import Record
 from whetstone.errors import WhetstoneError
 from whetstone.methods import is_adapter_model
@@ -184,8 +187,17 @@ def collate_pairs(examples: list[PairExample], pad_id: int) -> dict[str, torch.T
     return batch
 
 
+def collate_pairs_packed(examples: list[PairExample], pad_id: int, max_length: int) -> dict[str, torch.Tensor]:
+    """collate_pairs' sequences (chosen 0..B-1, rejected B..2B-1, numbered so by example_ids), packed into rows."""
+    sequences = [(e.chosen.input_ids, e.chosen.labels) for e in examples]
+    sequences += [(e.rejected.input_ids, e.rejected.labels) for e in examples]
+    batch, _ = pack_sequences(sequences, pad_id, max_length)
+    batch["pair_key"] = torch.tensor([e.key for e in examples], dtype=torch.long)  # (B,)
+    return batch
+
+
 def count_pairs(batch: dict[str, torch.Tensor]) -> int:
-    return int(batch["input_ids"].shape[0] // 2)
+    return int(batch["pair_key"].shape[0])
 
 
 def pair_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict[str, float]:
@@ -302,3 +314,8 @@ def preference_loss(model, batch: dict[str, torch.Tensor], context: PreferenceCo
 
 DPO = Objective(name="dpo", prepare=prepare_pairs, collate=collate_pairs, units=count_pairs,
                 loss=preference_loss, setup=setup_preference)
+
+
+def packed_dpo(max_length: int) -> Objective:
+    """DPO whose chosen and rejected sequences are packed into rows of at most `max_length` tokens (data.packing)."""
+    return dataclasses.replace(DPO, collate=lambda examples, pad_id: collate_pairs_packed(examples, pad_id, max_length))

@@ -32,8 +32,7 @@ from whetstone.evaluate.final import final_evaluation
 from whetstone.evaluate.loss import objective_loss
 from whetstone.methods import apply_method, count_parameters, is_adapter_model
 from whetstone.models import load_model, load_tokenizer
-from whetstone.objectives import OBJECTIVES
-from whetstone.objectives.sft import packed_sft
+from whetstone.objectives import OBJECTIVES, PACKED
 from whetstone.train import distributed
 from whetstone.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from whetstone.train.device import autocast_context, resolve_device
@@ -174,8 +173,8 @@ def train(
     _seed_everything(cfg.seed)
 
     objective = OBJECTIVES[config.objective.name]
-    if config.data.packing:  # several examples per row; config validation allows it for sft only
-        objective = packed_sft(config.data.max_length)
+    if config.data.packing:  # several sequences per row; config validation allows it for config.PACKABLE only
+        objective = PACKED[config.objective.name](config.data.max_length)
     tokenizer = load_tokenizer(config.model, config.data.chat_template)
     train_records, eval_records, data_stats = load_splits(config.data, cfg.seed)
     train_set = objective.prepare(train_records, tokenizer, config.data, data_stats)
