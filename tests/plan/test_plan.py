@@ -243,3 +243,50 @@ def test_method_config_keeps_the_options_and_gives_freeze_blocks():
     assert estimate.method_config(base, "freeze", layers=2).top_blocks == 2  # never more blocks than the model has
     with pytest.raises(WhetstoneError):
         estimate.parse_size("-1GB")
+
+
+def _pairs_file(path, n: int = 12):
+    rows = [{"prompt": "word " * (1 + i % 5) + "?", "chosen": "yes " * (1 + i % 3) + "good",
+             "rejected": "no " * (1 + 2 * (i % 4)) + "bad"} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("objective,packing", [("sft", True), ("dpo", False), ("dpo", True)])
+def test_the_planned_steps_are_the_rows_the_loop_collates(tiny_model_dir, qa_file, tmp_path, objective, packing):
+    """Packed rows and DPO's chosen + rejected sequences: the plan's shapes are the collated batches' shapes."""
+    from whetstone.config import load_config
+    from whetstone.data.render import IGNORE
+    from whetstone.models import load_tokenizer
+    from whetstone.plan.probe import prepare_run
+
+    data = qa_file if objective == "sft" else _pairs_file(tmp_path / "pairs.jsonl")
+    config = load_config(None, [f"objective={objective}", f"model={tiny_model_dir}", f"data.train={data}",
+                                "train.batch_size=4", "data.max_length=160", f"data.packing={str(packing).lower()}"])
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    objective_used, train_set, shape = prepare_run(config, tokenizer)
+    assert len(shape.steps) == shape.plan.total_steps > 0
+    for step, micro in enumerate(shape.steps[: len(shape.indices)]):
+        for idx, planned in zip(shape.indices[step], micro):
+            examples = [train_set.examples[i] for i in idx]
+            batch = objective_used.collate(examples, tokenizer.pad_token_id)
+            assert (planned.batch, planned.length) == tuple(batch["input_ids"].shape)
+            assert planned.supervised == int((batch["labels"][:, 1:] != IGNORE).sum())
+            if objective == "dpo" and not packing:
+                assert planned.batch == 2 * len(examples)
+            if packing:
+                assert planned.batch < (2 if objective == "dpo" else 1) * len(examples)
+
+
+def test_plan_runs_for_dpo_and_names_what_it_cannot_plan(tiny_model_dir, tmp_path, capsys):
+    pairs = _pairs_file(tmp_path / "pairs.jsonl")
+    common = ["--set", f"model={tiny_model_dir}", "--set", f"data.train={pairs}", "--set", "train.batch_size=4",
+              "--set", "data.max_length=64"]
+    assert main(["plan", "--set", "objective=dpo", *common, "--set", "data.packing=true", "--methods", "lora",
+                 "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["steps"] == 3 and plan["methods"][0]["seconds"] > 0
+    assert any("chosen and rejected" in note for note in plan["notes"])
+    assert main(["plan", "--set", "objective=reward", *common, "--methods", "lora"]) == 2
+    err = capsys.readouterr().err
+    assert "objective reward is not planned yet" in err and "Traceback" not in err

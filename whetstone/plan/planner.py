@@ -73,9 +73,9 @@ def plan_methods(config: RunConfig, options: PlanOptions) -> Plan:
                              "stated device peak; add --peak-tflops (e.g. 989 for an H100's bf16 dense peak).")
     probe_device = torch.device("cuda" if options.device == "cuda" and has_cuda else "cpu")
     notes = []
-    if config.objective.name != "sft":
-        notes.append(f"objective {config.objective.name} is planned as sft (one sequence per example); "
-                     f"pairwise objectives run about twice the activations and time.")
+    if config.objective.name == "dpo":
+        notes.append("objective dpo: each micro-batch is planned as its chosen and rejected sequences; the measured "
+                     "time includes the reference's forward, FLOPs per token do not.")
     if config.train.precision != "fp32":
         notes.append("the memory model assumes fp32 activations; bf16 autocast keeps fewer bytes per activation.")
     tokenizer = load_tokenizer(config.model, config.data.chat_template)

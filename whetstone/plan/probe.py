@@ -89,14 +89,28 @@ class TimeFit:
         return self.first_step + rest
 
 
+PLANNED = ("sft", "dpo")  # objectives whose steps the planner can shape and time
+
+
 def prepare_run(config: RunConfig, tokenizer, keep_indices: int = 4):
-    """The tokenized training set and the shape of every step, as the training loop would build them."""
+    """The tokenized training set and the shape of every step, as the training loop would build them.
+
+    Each micro-batch is collated by the run's own objective (packed when data.packing is on), so the
+    shapes are the rows the model will see: a DPO micro-batch of B pairs is 2B sequences, and packed rows
+    hold several sequences each.
+    """
     from whetstone.data.dataset import load_splits, plan_mixture
     from whetstone.data.render import IGNORE
-    from whetstone.objectives import OBJECTIVES
+    from whetstone.errors import WhetstoneError
+    from whetstone.objectives import OBJECTIVES, PACKED
     from whetstone.train.loop import per_process_batch
 
+    if config.objective.name not in PLANNED:
+        raise WhetstoneError(f"plan: objective {config.objective.name} is not planned yet; the planner shapes and "
+                             f"times objectives {' and '.join(PLANNED)}.")
     objective = OBJECTIVES[config.objective.name]
+    if config.data.packing:
+        objective = PACKED[config.objective.name](config.data.max_length)
     cfg = config.train
     records, _, stats = load_splits(config.data, cfg.seed)
     train_set = objective.prepare(records, tokenizer, config.data, stats)
@@ -108,10 +122,9 @@ def prepare_run(config: RunConfig, tokenizer, keep_indices: int = 4):
         shares = plan.micro_batches(step, cfg.seed)
         micro = []
         for idx in shares:
-            examples = [train_set.examples[i] for i in idx]
-            length = max(len(e.input_ids) for e in examples)
-            supervised = sum(sum(1 for t in e.labels[1:] if t != IGNORE) for e in examples)
-            micro.append(MicroBatchShape(len(examples), length, supervised))
+            batch = objective.collate([train_set.examples[i] for i in idx], tokenizer.pad_token_id)
+            rows, length = batch["input_ids"].shape
+            micro.append(MicroBatchShape(int(rows), int(length), int((batch["labels"][:, 1:] != IGNORE).sum())))
         steps.append(micro)
         if step < keep_indices:
             indices.append(shares)
@@ -243,6 +256,11 @@ def probe_method(config: RunConfig, method: MethodConfig, objective, train_set, 
         timing = measure_time(model, objective, context, train_set, shape, config, tokenizer.pad_token_id, device)
     process_peak = peak_rss_mb() * 2**20
     vocab = int(model.get_input_embeddings().weight.shape[0])
+    if objective.name != "sft":  # per sequence, a DPO row keeps what an SFT row keeps; the reference keeps nothing
+        from whetstone.objectives import OBJECTIVES
+
+        objective = OBJECTIVES["sft"]
+        context = objective.setup(model, config, train_set)
     fit = measure_activations(model, objective, context, vocab, config.data.max_length, device)
     del model, context
     return MethodProbe(fit=fit, time=timing, load_seconds=load_seconds, rss_before_load=rss_before_load,
