@@ -359,7 +359,8 @@ class DataConfig:
                                 f"to leave it out).")
             if source.task == "replay":
                 problems.append(f"data.train[{i}].task: 'replay' is the name of data.replay's task; rename it.")
-        paths = [s.path for s in sources] + (self.replay.paths if self.replay else [])
+        train_paths = [self.train] if isinstance(self.train, str) else [s.path for s in sources]
+        paths = train_paths + (self.replay.paths if self.replay else [])
         twice = sorted({p for p in paths if p and paths.count(p) > 1})
         if twice:
             problems.append(f"data.train / data.replay: {twice} listed twice; list each file once and use its weight.")

@@ -179,3 +179,5 @@ def test_replay_from_several_files_is_one_source(tmp_path, tiny_tokenizer):
     with pytest.raises(ConfigError) as error:
         load_config(None, [f"data.train={task}", f"data.replay={{source: [{chats}, {chats}]}}"])
     assert "listed twice" in str(error.value)
+    with pytest.raises(ConfigError, match="listed twice"):  # the task file replayed as well: a single data.train
+        load_config(None, [f"data.train={task}", f"data.replay={{source: {task}}}"])
