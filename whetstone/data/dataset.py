@@ -13,7 +13,6 @@ from whetstone.data.formats import load_records
 from whetstone.data.mixture import REPLAY_TASK, Mixture, build_mixture
 from whetstone.data.records import Record
 from whetstone.data.render import Rendered, render_record
-from whetstone.errors import WhetstoneError
 
 
 @dataclass

@@ -72,7 +72,7 @@ def _env_flag(name: str) -> bool:
 
 
 def init(device: torch.device) -> None:
-    rank, world_size = world()
+    _, world_size = world()
     if world_size > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
