@@ -87,8 +87,8 @@ def test_packed_pairs_give_each_sequence_its_unpacked_logprob_and_gradient(tiny_
         results.append((logps.detach(), counts, {n: p.grad.clone() for n, p in model.named_parameters()}))
     (a, counts_a, grads_a), (b, counts_b, grads_b) = results
     torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
-    assert torch.equal(counts_b, counts_a) and counts_a.tolist() == [r.n_supervised for r in
-                                                                     [p.chosen for p in pairs] + [p.rejected for p in pairs]]
+    sequences = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+    assert torch.equal(counts_b, counts_a) and counts_a.tolist() == [r.n_supervised for r in sequences]
     worst = max(float((grads_a[n] - grads_b[n]).abs().max()) for n in grads_a)
     assert worst < 1e-5, worst
     assert DPO.units(packed) == DPO.units(padded) == 3

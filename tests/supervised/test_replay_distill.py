@@ -95,7 +95,8 @@ def test_distilled_tokens_without_a_reference_are_an_error(tiny_model_dir, tiny_
     with pytest.raises(RuntimeError, match="no reference model"):
         sft_loss(model, collate(examples, tiny_tokenizer.pad_token_id), SFTContext(5))
     plain = collate([e for e in examples if not e.distill], tiny_tokenizer.pad_token_id)
-    assert float(sft_loss(model, plain, SFTContext(5)).loss_sum.detach()) > 0  # no distilled token: cross-entropy as ever
+    # No distilled token: cross-entropy, as ever.
+    assert float(sft_loss(model, plain, SFTContext(5)).loss_sum.detach()) > 0
 
 
 def test_replay_records_are_distilled_on_every_token(tmp_path, tiny_tokenizer):
