@@ -117,6 +117,16 @@ def pack_sequences(sequences: list[tuple[list[int], list[int]]], pad_id: int,
     return batch, rows
 
 
+def token_owners(batch: dict[str, torch.Tensor], keep: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(which sequence each supervised token belongs to (N,), row-major over `keep` (R, T-1); the sequence count).
+
+    A packed batch numbers its sequences by example_ids; otherwise each row is one sequence.
+    """
+    if "example_ids" in batch:
+        return batch["example_ids"][:, 1:][keep], int(batch["example_ids"].max()) + 1
+    return keep.nonzero()[:, 0], int(batch["labels"].shape[0])
+
+
 def padding_fraction(batches: list[dict[str, torch.Tensor]]) -> float:
     """Share of the positions in `batches` that are padding, i.e. compute spent on nothing."""
     total = sum(b["attention_mask"].numel() for b in batches)

@@ -29,4 +29,13 @@ OBJECTIVES: dict[str, Objective] = {
 # data.packing: the objective with its sequences packed into rows of at most max_length tokens (config.PACKABLE).
 PACKED: dict[str, Callable[[int], Objective]] = {"sft": packed_sft, "dpo": packed_dpo}
 
-__all__ = ["OBJECTIVES", "PACKED", "LossOutput", "Objective", "sft_loss"]
+
+
+def objective_for(config) -> Objective:
+    """The run's objective: config.objective.name, with its sequences packed when data.packing is on."""
+    if config.data.packing:  # config validation allows it for config.PACKABLE only
+        return PACKED[config.objective.name](config.data.max_length)
+    return OBJECTIVES[config.objective.name]
+
+
+__all__ = ["OBJECTIVES", "PACKED", "LossOutput", "Objective", "objective_for", "sft_loss"]

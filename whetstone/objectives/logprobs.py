@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from whetstone.data.packing import token_owners
 from whetstone.data.records import Message
 from whetstone.data.render import IGNORE, _supervise_through_eos, render_chat_pieces
 from whetstone.methods import is_adapter_model
@@ -106,12 +107,7 @@ def sequence_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor],
     """
     token_logps = label_token_logprobs(model, batch, chunk)  # (N,)
     keep = batch["labels"][:, 1:] != IGNORE  # (R, T-1), the same mask label_token_logprobs used
-    if "example_ids" in batch:  # packed rows (data/packing.py): per sequence, every one with supervised tokens
-        rows = batch["example_ids"][:, 1:][keep]  # (N,): which sequence each supervised token belongs to
-        n_rows = int(batch["example_ids"].max()) + 1
-    else:
-        rows = keep.nonzero()[:, 0]  # (N,): which row each supervised token belongs to
-        n_rows = batch["input_ids"].shape[0]
+    rows, n_rows = token_owners(batch, keep)  # (N,): which sequence each supervised token belongs to
     sums = torch.zeros(n_rows, dtype=token_logps.dtype, device=token_logps.device).index_add(0, rows, token_logps)
     counts = torch.bincount(rows, minlength=n_rows)  # (R,) or (sequences,)
     return sums, counts

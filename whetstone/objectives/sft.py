@@ -24,7 +24,7 @@ import torch
 
 from whetstone.data.batches import collate, supervised_count
 from whetstone.data.dataset import tokenize
-from whetstone.data.packing import collate_packed
+from whetstone.data.packing import collate_packed, token_owners
 from whetstone.data.render import IGNORE
 from whetstone.models.forward import (
     LOGIT_CHUNK,
@@ -55,13 +55,7 @@ def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], context: SF
                            "model; build the context with SFT.setup for a config with data.replay.distill.")
     else:
         loss_sum, token_loss = label_cross_entropy(model, batch, chunk)  # scalar, (N,) detached
-    # Which example each supervised token belongs to, in row-major order: per-task losses for free.
-    if "example_ids" in batch:  # packed rows hold several examples
-        rows = batch["example_ids"][:, 1:][keep]  # (N,)
-        n_rows = int(batch["example_ids"].max()) + 1
-    else:
-        rows = keep.nonzero()[:, 0]  # (N,)
-        n_rows = batch["labels"].shape[0]
+    rows, n_rows = token_owners(batch, keep)  # which example each supervised token is: per-task losses for free
     row_loss = torch.zeros(n_rows, device=token_loss.device).index_add_(0, rows, token_loss)  # (B,)
     row_units = torch.bincount(rows, minlength=n_rows)  # (B,)
     return LossOutput(loss_sum=loss_sum, units=int(token_loss.numel()), row_loss=row_loss, row_units=row_units)

@@ -102,15 +102,13 @@ def prepare_run(config: RunConfig, tokenizer, keep_indices: int = 4):
     from whetstone.data.dataset import load_splits, plan_mixture
     from whetstone.data.render import IGNORE
     from whetstone.errors import WhetstoneError
-    from whetstone.objectives import OBJECTIVES, PACKED
+    from whetstone.objectives import objective_for
     from whetstone.train.loop import per_process_batch
 
     if config.objective.name not in PLANNED:
         raise WhetstoneError(f"plan: objective {config.objective.name} is not planned yet; the planner shapes and "
                              f"times objectives {' and '.join(PLANNED)}.")
-    objective = OBJECTIVES[config.objective.name]
-    if config.data.packing:
-        objective = PACKED[config.objective.name](config.data.max_length)
+    objective = objective_for(config)
     cfg = config.train
     records, _, stats = load_splits(config.data, cfg.seed)
     train_set = objective.prepare(records, tokenizer, config.data, stats)

@@ -32,7 +32,7 @@ from whetstone.evaluate.final import final_evaluation
 from whetstone.evaluate.loss import objective_loss
 from whetstone.methods import apply_method, count_parameters, is_adapter_model
 from whetstone.models import load_model, load_tokenizer
-from whetstone.objectives import OBJECTIVES, PACKED
+from whetstone.objectives import objective_for
 from whetstone.train import distributed
 from whetstone.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from whetstone.train.device import autocast_context, resolve_device
@@ -172,9 +172,7 @@ def train(
     autocast = autocast_context(device, cfg.precision)
     _seed_everything(cfg.seed)
 
-    objective = OBJECTIVES[config.objective.name]
-    if config.data.packing:  # several sequences per row; config validation allows it for config.PACKABLE only
-        objective = PACKED[config.objective.name](config.data.max_length)
+    objective = objective_for(config)
     tokenizer = load_tokenizer(config.model, config.data.chat_template)
     train_records, eval_records, data_stats = load_splits(config.data, cfg.seed)
     train_set = objective.prepare(train_records, tokenizer, config.data, data_stats)
