@@ -85,6 +85,9 @@ def test_flops_storage_and_variants_by_hand():
     assert estimate.flops_per_token(lora, "lora") == 2 * 850 + 2 * 850 + 2 * 50
     frozen = _params(trainable=200, backward_through=300)
     assert estimate.flops_per_token(frozen, "freeze") == 2 * 800 + 2 * 300 + 2 * 200
+    # A reference model's forward (DPO) adds the base's 2N, whatever trains.
+    assert estimate.flops_per_token(lora, "lora", reference=True) == 2 * 850 + 2 * 850 + 2 * 50 + 2 * 800
+    assert estimate.flops_per_token(full, "full", reference=True) == 6 * 800 + 2 * 800
     assert estimate.output_bytes(lora, "lora") == 200 and estimate.output_bytes(frozen, "freeze") == 4000
     assert estimate.variants_bytes(lora, "lora", 10) == 10 * 200 + 4000  # ten adapters + the shared base
     assert estimate.variants_bytes(full, "full", 10) == 10 * 4000
@@ -286,7 +289,15 @@ def test_plan_runs_for_dpo_and_names_what_it_cannot_plan(tiny_model_dir, tmp_pat
                  "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["steps"] == 3 and plan["methods"][0]["seconds"] > 0
-    assert any("chosen and rejected" in note for note in plan["notes"])
+    assert any("chosen and rejected" in note and "include the reference model's forward" in note
+               for note in plan["notes"])
+    assert main(["plan", "--set", "objective=dpo", "--set", "objective.loss=simpo", *common, "--methods", "lora",
+                 "--json"]) == 0
+    simpo = json.loads(capsys.readouterr().out)
+    assert any("uses no reference model" in note for note in simpo["notes"])
+    # The reference's forward is the base model's 2N per token; SimPO has none.
+    base = estimate.count_method_parameters(ModelConfig(name=str(tiny_model_dir)), METHODS["full"])
+    assert plan["methods"][0]["flops_per_token"] - simpo["methods"][0]["flops_per_token"] == 2 * base.matmul
     assert main(["plan", "--set", "objective=reward", *common, "--methods", "lora"]) == 2
     err = capsys.readouterr().err
     assert "objective reward is not planned yet" in err and "Traceback" not in err

@@ -31,6 +31,7 @@ checked by hand:
 - FLOPs per token, N = parameters that multiply (all but the input embedding table):
       every weight trains:        6N              (2N forward, 2N input grads, 2N weight grads)
       frozen base (freeze, lora): 2N + 2N_below_top + 2N_trainable
+      plus 2N for a reference model's forward (DPO and the other losses that use one)
   where N_below_top is what backward must flow through (the whole model for adapters, only the
   blocks from the lowest trainable one up for freeze). Attention's own T^2 term is left out.
 - output size on disk: adapters save trainable x 4 bytes (PEFT safetensors, fp32); full and
@@ -255,12 +256,18 @@ def lora_parameters_from_shapes(model: torch.nn.Module, method: MethodConfig) ->
     return total
 
 
-def flops_per_token(params: ParameterCount, method: str) -> float:
-    """Training FLOPs per token: 6N when every weight trains, 2N + 2N_backward + 2N_trainable otherwise."""
+def flops_per_token(params: ParameterCount, method: str, reference: bool = False) -> float:
+    """Training FLOPs per token: 6N when every weight trains, 2N + 2N_backward + 2N_trainable otherwise.
+
+    `reference`: the objective also runs a frozen reference model forward on every token (DPO, IPO, hinge),
+    2N more, the base's N: lora's reference is the base with its adapters off. Precomputing the reference
+    moves that forward before the first step; it does not remove it.
+    """
+    extra = 2.0 * params.matmul if reference else 0.0
     if method == "full":
-        return 6.0 * params.matmul
+        return 6.0 * params.matmul + extra
     adapters = params.total - params.base_total  # lora/dora weights also multiply in forward and backward
-    return 2.0 * (params.matmul + adapters) + 2.0 * (params.backward_through + adapters) + 2.0 * params.trainable
+    return 2.0 * (params.matmul + adapters) + 2.0 * (params.backward_through + adapters) + 2.0 * params.trainable + extra
 
 
 def weight_bytes(params: ParameterCount, method: str) -> float:

@@ -13,6 +13,7 @@ import torch
 from whetstone.config import RunConfig
 from whetstone.errors import WhetstoneError
 from whetstone.methods.freeze import transformer_blocks
+from whetstone.objectives.preference import LOSSES
 from whetstone.plan import estimate
 from whetstone.plan.estimate import METHOD_NAMES, MethodPlan
 from whetstone.plan.probe import MethodProbe, prepare_run, probe_in_fresh_process, rss_bytes
@@ -73,9 +74,11 @@ def plan_methods(config: RunConfig, options: PlanOptions) -> Plan:
                              "stated device peak; add --peak-tflops (e.g. 989 for an H100's bf16 dense peak).")
     probe_device = torch.device("cuda" if options.device == "cuda" and has_cuda else "cpu")
     notes = []
+    reference = config.objective.name == "dpo" and not LOSSES[config.objective.loss].reference_free
     if config.objective.name == "dpo":
-        notes.append("objective dpo: each micro-batch is planned as its chosen and rejected sequences; the measured "
-                     "time includes the reference's forward, FLOPs per token do not.")
+        notes.append("objective dpo: each micro-batch is planned as its chosen and rejected sequences"
+                     + ("; the time and the FLOPs per token include the reference model's forward." if reference
+                        else f"; loss {config.objective.loss} uses no reference model."))
     if config.train.precision != "fp32":
         notes.append("the memory model assumes fp32 activations; bf16 autocast keeps fewer bytes per activation.")
     tokenizer = load_tokenizer(config.model, config.data.chat_template)
@@ -93,7 +96,7 @@ def plan_methods(config: RunConfig, options: PlanOptions) -> Plan:
     for name in options.methods:
         method = estimate.method_config(config.method, name, layers)
         params = estimate.count_method_parameters(config.model, method)
-        row = MethodPlan(method=name, params=params, flops_per_token=estimate.flops_per_token(params, name),
+        row = MethodPlan(method=name, params=params, flops_per_token=estimate.flops_per_token(params, name, reference),
                          output_bytes=estimate.output_bytes(params, name),
                          variants_bytes=estimate.variants_bytes(params, name, options.variants))
         if name == "qlora" and probe_device.type != "cuda":
