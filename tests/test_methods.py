@@ -1,12 +1,14 @@
 """What each method trains, and that its output loads in plain transformers and peft."""
 
+import re
+
 import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
+from tiny_runs import tiny_config
 from transformers import AutoModelForCausalLM
 
-from tiny_runs import tiny_config
 from whetstone.config import MethodConfig, ModelConfig
 from whetstone.data.batches import collate
 from whetstone.data.records import Message, Record
@@ -107,3 +109,38 @@ def test_qlora_without_cuda_says_what_is_missing(tiny_model_dir):
         pytest.skip("this machine has CUDA")
     with pytest.raises(WhetstoneError, match="qlora needs a CUDA GPU"):
         load_model(ModelConfig(name=str(tiny_model_dir)), device="cpu", quantize_4bit=True)
+
+
+def test_interpolate_keeps_that_share_of_the_adapters_change(tmp_path, tiny_model_dir, qa_file, tiny_tokenizer):
+    probe = tmp_path / "probe.jsonl"
+    probe.write_text("".join(f'{{"text": "General text number {i} says something plain."}}\n' for i in range(4)))
+    runs = {}
+    for share in ("1.0", "0.5"):
+        config = tiny_config(tiny_model_dir, qa_file, "method.r=4", "train.max_steps=3", "eval.metrics=[loss]",
+                             "data.eval_fraction=0.25", "eval.forgetting=true", f"eval.forgetting_data={probe}", f"method.interpolate={share}")
+        summary = train(config, tmp_path / share, progress=False)
+        runs[share] = (summary, load_file(str(tmp_path / share / "adapter" / "adapter_model.safetensors")))
+    (whole, full), (half, halved) = runs["1.0"], runs["0.5"]
+    # The same training (same seed, same steps), then B scaled by 0.5 and A untouched.
+    assert whole["train_loss"] == half["train_loss"] and full.keys() == halved.keys()
+    b_keys = [k for k in full if ".lora_B." in k]
+    assert b_keys and all(torch.equal(halved[k], full[k] * 0.5) for k in b_keys)
+    assert all(torch.equal(halved[k], full[k]) for k in full if k not in b_keys)
+    assert any(full[k].abs().max() > 0 for k in b_keys), "B trained away from zero"
+    # The evaluations during training saw the same model; the dev loss reported and the end-of-training
+    # evaluation are the interpolated model's.
+    assert half["eval_loss_before_interpolation"] == whole["eval_loss"] != half["eval_loss"]
+    assert "eval_loss_before_interpolation" not in whole
+    assert half["forgetting"]["base"]["text_ppl"] == whole["forgetting"]["base"]["text_ppl"]
+    assert half["forgetting"]["tuned"]["text_ppl"] != whole["forgetting"]["tuned"]["text_ppl"]
+
+
+@pytest.mark.parametrize("method,share,message", [
+    ("dora", 0.5, "applies to lora and qlora, not 'dora'"),
+    ("full", 0.5, "applies to lora and qlora, not 'full'"),
+    ("lora", 0.0, "in \\(0, 1\\]"),
+    ("lora", 1.5, "in \\(0, 1\\]"),
+])
+def test_interpolate_refuses_what_it_cannot_do(method, share, message):
+    assert any(re.search(message, p) for p in MethodConfig(name=method, interpolate=share).validate())
+    assert MethodConfig(name="qlora", interpolate=0.5).validate() == []

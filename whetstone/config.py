@@ -74,9 +74,22 @@ class MethodConfig:
     base_adapters: list[str] = field(default_factory=list)
     """lora, dora: saved PEFT adapter directories kept frozen under the trained one, in order (a stack; folded into
     the base weights when the model loads). Generation, eval and export of the run load the whole stack."""
+    interpolate: float = 1.0
+    """lora, qlora: the share of the adapter's change kept when training ends, W0 + interpolate x (alpha / r) B A.
+    Below 1 it moves the tuned model back toward the base along the straight line between them (WiSE-FT,
+    Wortsman et al. 2022): it gives back general ability the training took, and some of what it learned. The
+    saved adapter, the end-of-training evaluation and exports use it; evaluations during training do not."""
 
     def validate(self) -> list[str]:
         problems = []
+        if self.interpolate != 1.0:
+            if self.name not in ("lora", "qlora"):
+                problems.append(f"method.interpolate applies to lora and qlora, not '{self.name}': it scales the "
+                                f"adapter's B A. dora's magnitude vector does not scale with it, and full and freeze "
+                                f"keep no copy of the base to move toward.")
+            if not 0.0 < self.interpolate <= 1.0:
+                problems.append(f"method.interpolate: got {self.interpolate}; give the share of the change to keep, "
+                                f"in (0, 1], e.g. 0.85.")
         if self.name in ("lora", "dora", "qlora"):
             if self.r < 1:
                 problems.append(f"method.r: got {self.r}; the LoRA rank must be a positive integer such as 8 or 16.")

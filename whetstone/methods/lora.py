@@ -46,6 +46,20 @@ def apply_lora(model: torch.nn.Module, cfg: MethodConfig) -> torch.nn.Module:
     return get_peft_model(model, peft_config)
 
 
+def interpolate_toward_base(model: torch.nn.Module, share: float) -> None:
+    """Keep `share` of the trained adapter's change: W0 + share x (alpha / r) B A (method.interpolate).
+
+    Scaling B scales the whole update, so the model moves along the line from the tuned model (share 1)
+    to the base (share 0). Only the trained adapter moves: a frozen stack below it is folded into W0.
+    """
+    if share == 1.0:
+        return
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_B." in name and param.requires_grad:
+                param.mul_(share)
+
+
 def fold_adapters(model: torch.nn.Module, paths: list[str], who: str = "method.base_adapters") -> torch.nn.Module:
     """`model` with each saved adapter in `paths` folded into its weights, in order (the frozen stack)."""
     from peft import PeftModel

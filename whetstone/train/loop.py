@@ -31,6 +31,7 @@ from whetstone.errors import WhetstoneError
 from whetstone.evaluate.final import final_evaluation
 from whetstone.evaluate.loss import objective_loss
 from whetstone.methods import apply_method, count_parameters, is_adapter_model
+from whetstone.methods.lora import interpolate_toward_base
 from whetstone.models import load_model, load_tokenizer
 from whetstone.objectives import objective_for
 from whetstone.train import distributed
@@ -313,12 +314,7 @@ def train(
                     with runner.evaluating():  # FSDP: the model's outer weights are gathered by the loss wrapper
                         results = objective_loss(model, objective, eval_set, cfg.batch_size, pad_id, device, context,
                                                  autocast, config.eval.max_batches)
-                    last_row["eval_loss"] = round(results["loss"], 6)
-                    if config.objective.name == "sft":
-                        last_row["eval_ppl"] = round(math.exp(min(results["loss"], 50.0)), 4)
-                    for key, value in results.items():
-                        if key != "loss":
-                            last_row[f"eval_{key}"] = round(value, 6)
+                    last_row.update(_eval_entries(results, config.objective.name))
                     model.train()
                 if distributed.is_main():
                     run.append_metrics(last_row)
@@ -336,13 +332,23 @@ def train(
 
     # ---- save ------------------------------------------------------------------
     # Weights first: a failure in the end-of-training evaluation must not cost the trained model.
-    final = {}
+    final, interpolated = {}, {}
+    if not stopped_early and config.method.interpolate != 1.0:
+        interpolate_toward_base(model, config.method.interpolate)
+        _say(f"method.interpolate: kept {config.method.interpolate:.0%} of the adapter's change")
+        if eval_set is not None:  # the dev loss of the model that is saved, not of the one before the step back
+            with runner.evaluating():
+                results = objective_loss(model, objective, eval_set, cfg.batch_size, pad_id, device, context,
+                                         autocast, config.eval.max_batches)
+            interpolated = _eval_entries(results, config.objective.name)
     full_weights = None if stopped_early else runner.gather_weights(is_adapter_model(model))  # FSDP: a collective
     if distributed.is_main() and not stopped_early:
         _save_weights(model, tokenizer, run.path, resolved.path, full_weights)
         # End-of-training metrics, forgetting probe and canaries, as far as config.eval and data.canaries ask.
         final = final_evaluation(model, tokenizer, config, run.path, eval_records)
     summary = _summary(config, run, state, plan, data_stats, trainable, total, device, t_start, stopped_early) | final
+    if interpolated:
+        summary |= {"eval_loss_before_interpolation": summary["eval_loss"]} | interpolated
     if mixture is not None:
         summary["data"]["mixture"] = mixture.describe()
     if distributed.is_main():
@@ -367,6 +373,14 @@ def _nonfinite_error(step: int, loss_sum: float, grad_norm: float, origins: list
         f"{' ...' if len(origins) > 16 else ''}. Lower train.lr, check those records, or set "
         f"train.skip_nonfinite: true to skip such steps and count them."
     )
+
+
+def _eval_entries(results: dict, objective: str) -> dict:
+    """A dev-set evaluation's figures as logged: eval_loss, eval_ppl (sft) and eval_<metric>."""
+    out = {"eval_loss": round(results["loss"], 6)}
+    if objective == "sft":
+        out["eval_ppl"] = round(math.exp(min(results["loss"], 50.0)), 4)
+    return out | {f"eval_{key}": round(value, 6) for key, value in results.items() if key != "loss"}
 
 
 def _new_window() -> dict:

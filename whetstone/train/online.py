@@ -38,6 +38,7 @@ from whetstone.data.records import Message, Record
 from whetstone.data.render import render_prompt
 from whetstone.errors import WhetstoneError
 from whetstone.methods import apply_method, count_parameters, is_adapter_model
+from whetstone.methods.lora import interpolate_toward_base
 from whetstone.models import load_model, load_tokenizer
 from whetstone.models.forward import unwrap
 from whetstone.train import distributed
@@ -473,6 +474,7 @@ def train_online(config: RunConfig | None, run_dir=None, *, resume: bool = False
         "precision": cfg.precision,
     }
     if not stopped_early:
+        interpolate_toward_base(model, config.method.interpolate)
         _save_weights(model, tokenizer, run.path, resolved.path)
     run.write_json("summary.json", summary)
     run.finish(summary)  # report.html, and the trackers of log.to are closed, as in the offline loop
