@@ -11,7 +11,10 @@ other setting is each tool's default (TRL's: gradient checkpointing on). Each si
 fresh process, one after the other (2 cores: never at once), and reports
 
     real tokens/s   non-padding tokens the model read (DPO: chosen and rejected, each with its
-                    prompt) per second of training (model loading excluded)
+                    prompt) per second of training (model loading excluded). With
+                    objective.share_prompt, whetstone reads a pair's prompt once and counts it
+                    twice, as the peer reads it: both count the same training tokens, so the
+                    ratio is that of the training seconds (also printed)
     peak RSS        the training process's maximum resident memory (model loading included)
     final loss      the mean training loss of the last 5 steps, and for SFT the loss of the
                     final adapter on 200 held-out records, both measured by whetstone's eval
@@ -217,8 +220,9 @@ def main() -> None:
 
 
 def table(kind: str, ours: dict, peer: dict, args) -> str:
-    rows = [("real tokens/s", "tokens_per_s", "{:.1f}", True), ("peak RSS (MB)", "peak_rss_mb", "{:.0f}", False),
-            ("tokens trained on", "tokens", "{:d}", None), ("final loss (last 5 steps)", "final_loss", "{:.4f}", None)]
+    rows = [("real tokens/s", "tokens_per_s", "{:.1f}", True), ("training seconds", "seconds", "{:.1f}", False),
+            ("peak RSS (MB)", "peak_rss_mb", "{:.0f}", False), ("tokens trained on", "tokens", "{:d}", None),
+            ("final loss (last 5 steps)", "final_loss", "{:.4f}", None)]
     if "held_out_loss" in ours:
         rows.append(("held-out loss", "held_out_loss", "{:.4f}", None))
     lines = [f"\n{kind.upper()}-LoRA: {args.steps} steps, batch {args.batch_size}, max_length {args.max_length}, "

@@ -255,9 +255,10 @@ def _pairs_file(path, n: int = 12):
     return path
 
 
-@pytest.mark.parametrize("objective,packing", [("sft", True), ("dpo", False), ("dpo", True)])
+@pytest.mark.parametrize("objective,packing", [("sft", True), ("dpo", False), ("dpo", True), ("dpo", "shared")])
 def test_the_planned_steps_are_the_rows_the_loop_collates(tiny_model_dir, qa_file, tmp_path, objective, packing):
-    """Packed rows and DPO's chosen + rejected sequences: the plan's shapes are the collated batches' shapes."""
+    """Packed rows, shared prompts and DPO's chosen + rejected sequences: the plan's shapes are the collated
+    batches' shapes."""
     from whetstone.config import load_config
     from whetstone.data.render import IGNORE
     from whetstone.models import load_tokenizer
@@ -265,7 +266,8 @@ def test_the_planned_steps_are_the_rows_the_loop_collates(tiny_model_dir, qa_fil
 
     data = qa_file if objective == "sft" else _pairs_file(tmp_path / "pairs.jsonl")
     config = load_config(None, [f"objective={objective}", f"model={tiny_model_dir}", f"data.train={data}",
-                                "train.batch_size=4", "data.max_length=160", f"data.packing={str(packing).lower()}"])
+                                "train.batch_size=4", "data.max_length=160", f"data.packing={str(bool(packing)).lower()}",
+                                f"objective.share_prompt={str(packing == 'shared').lower()}"])
     tokenizer = load_tokenizer(str(tiny_model_dir))
     objective_used, train_set, shape = prepare_run(config, tokenizer)
     assert len(shape.steps) == shape.plan.total_steps > 0

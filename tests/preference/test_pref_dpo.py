@@ -132,3 +132,26 @@ def test_packed_dpo_follows_the_unpacked_trajectory(tmp_path, tiny_model_dir, pa
         assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-6)
     assert runs["false"][-1]["eval_loss"] == pytest.approx(runs["true"][-1]["eval_loss"], abs=1e-5)
     assert rows and all(n_rows < n for n, n_rows in rows)  # training and eval batches really ran packed
+
+
+def test_shared_prompt_dpo_follows_the_unpacked_trajectory(tmp_path, tiny_model_dir, pair_files):
+    """objective.share_prompt: each pair's prompt read once; the same losses, accuracies and token counts."""
+    train_file, eval_file = pair_files
+    runs, summaries = {}, {}
+    for name, sets in (("unpacked", []), ("shared", ["data.packing=true", "objective.share_prompt=true"])):
+        config = pref_config(tiny_model_dir, "objective=dpo", f"data.train={train_file}", f"data.eval={eval_file}",
+                             "train.max_steps=6", "train.batch_size=8", *sets)
+        summaries[name] = train(config, tmp_path / name, progress=False)
+        runs[name] = read_metrics(tmp_path / name)
+    for a, b in zip(runs["unpacked"], runs["shared"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-6)
+    assert runs["unpacked"][-1]["eval_loss"] == pytest.approx(runs["shared"][-1]["eval_loss"], abs=1e-5)
+    assert summaries["shared"]["tokens"] == summaries["unpacked"]["tokens"]  # the sequences' tokens, as unshared
+
+
+@pytest.mark.parametrize("sets", [["objective.share_prompt=true"],
+                                  ["objective=sft", "data.packing=true", "objective.share_prompt=true"]])
+def test_share_prompt_needs_packed_dpo(tiny_model_dir, pair_files, sets):
+    with pytest.raises(WhetstoneError, match="objective.share_prompt applies to objective dpo with data.packing"):
+        pref_config(tiny_model_dir, "objective=dpo", f"data.train={pair_files[0]}", *sets)

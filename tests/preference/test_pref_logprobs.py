@@ -6,18 +6,26 @@ from prefkit import pref_config
 from transformers import AutoModelForCausalLM
 
 from whetstone.config import MethodConfig
+from whetstone.data.packing import sequence_tokens
 from whetstone.data.records import Message, Record
 from whetstone.data.render import IGNORE, render_record
 from whetstone.methods import apply_method
 from whetstone.objectives.logprobs import Reference, render_completion, sequence_logprobs
-from whetstone.objectives.preference import DPO, PairExample, collate_pairs, collate_pairs_packed, prepare_pairs
+from whetstone.objectives.preference import (
+    DPO,
+    PairExample,
+    collate_pairs,
+    collate_pairs_packed,
+    collate_pairs_shared,
+    prepare_pairs,
+)
 
 PROMPT = (Message("user", "What is 2 plus 2?"),)
 
 
 def _pairs(tokenizer) -> list[PairExample]:
     pairs = []
-    for i, (chosen, rejected) in enumerate([("4", "5 or so"), ("It is four.", "no"), ("Four, of course!", "22")]):
+    for i, (chosen, rejected) in enumerate([("4", "5 or so"), ("It is four.", "It is five."), ("Four, of course!", "22")]):
         prompt = (Message("user", "Sum " + "x " * i + "?"),)
         pairs.append(PairExample(render_completion(tokenizer, prompt, (Message("assistant", chosen),), None),
                                  render_completion(tokenizer, prompt, (Message("assistant", rejected),), None)))
@@ -70,14 +78,21 @@ def test_concatenated_forward_equals_separate_forwards(tiny_model_dir, tiny_toke
     assert counts.tolist() == [r.n_supervised for r in rows]
 
 
-def test_packed_pairs_give_each_sequence_its_unpacked_logprob_and_gradient(tiny_model_dir, tiny_tokenizer):
-    """data.packing for DPO: chosen and rejected sequences share rows, and every figure per sequence is unchanged."""
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+@pytest.mark.parametrize("layout,attention", [("packed", "sdpa"), ("shared", "sdpa"), ("shared", "eager")])
+def test_packed_pairs_give_each_sequence_its_unpacked_logprob_and_gradient(tiny_model_dir, tiny_tokenizer, layout,
+                                                                           attention):
+    """data.packing for DPO: chosen and rejected sequences share rows, and every figure per sequence is unchanged;
+    with objective.share_prompt each pair's prompt is read once, and still nothing changes."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation=attention)
     pairs = _pairs(tiny_tokenizer)
     pad = tiny_tokenizer.pad_token_id
-    padded, packed = collate_pairs(pairs, pad), collate_pairs_packed(pairs, pad, 64)
+    collate = collate_pairs_packed if layout == "packed" else collate_pairs_shared
+    padded, packed = collate_pairs(pairs, pad), collate(pairs, pad, 64)
     assert packed["input_ids"].shape[0] < padded["input_ids"].shape[0]  # several sequences really share a row
-    assert int(packed["attention_mask"].sum()) == int(padded["attention_mask"].sum())
+    assert sequence_tokens(packed) == int(padded["attention_mask"].sum())
+    if layout == "shared":  # every prompt read once: the sequences' tokens less one copy of each prompt
+        prompts = sum(len(p.chosen.prompt_ids) for p in pairs)
+        assert int(packed["attention_mask"].sum()) == sequence_tokens(padded) - prompts
     assert torch.equal(packed["pair_key"], padded["pair_key"])
     results = []
     for batch in (padded, packed):

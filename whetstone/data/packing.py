@@ -117,6 +117,84 @@ def pack_sequences(sequences: list[tuple[list[int], list[int]]], pad_id: int,
     return batch, rows
 
 
+def pack_shared_prompts(pairs: list[tuple[list[int], list[int], list[int], list[int]]], pad_id: int,
+                        max_length: int) -> dict[str, torch.Tensor]:
+    """Pairs of sequences that share a prompt, (chosen ids, chosen labels, rejected ids, rejected labels), packed
+    with each pair's common prompt read once: a unit of [prompt, chosen's rest, rejected's rest].
+
+    Rejected's rest takes the position ids it has in its own sequence and attends to the prompt and itself,
+    never to chosen's rest, so every token sees what it sees unpacked. What the batch adds to pack_sequences':
+
+    - segment_ids (R, T): 3i on pair i's prompt, 3i + 1 on chosen's rest, 3i + 2 on rejected's rest, -1 on
+      padding; models/forward.py builds the attention mask from them (shared_prompt_mask);
+    - predict_from (R, T): the column whose hidden state predicts the token, the previous column except for
+      rejected's first token, which the prompt's last token predicts;
+    - example_ids: chosen i and rejected B + i, as collate_pairs numbers the rows; the prompt counts as chosen's;
+    - sequence_tokens: the tokens of the 2B sequences as pack_sequences would hold them (a prompt twice), so
+      that token counts mean the same with and without sharing.
+
+    The shared prompt stops before the first supervised token of either sequence: every supervised token sits
+    in one sequence's own rest, at its own position, so labels[:, 1:] != -100 still marks them.
+    """
+    n_pairs = len(pairs)
+    units = []
+    for i, (a, a_labels, b, b_labels) in enumerate(pairs):
+        limit = min(_first_supervised(a_labels), _first_supervised(b_labels), len(a), len(b))
+        k = 0
+        while k < limit and a[k] == b[k]:
+            k += 1
+        rest = len(b) - k
+        labels = list(a_labels) + list(b_labels[k:])
+        predict = list(range(-1, len(a) - 1)) + [k - 1] + list(range(len(a), len(a) + rest - 1))
+        if rest and k == 0:
+            labels[len(a)] = IGNORE  # rejected's first token: nothing before it predicts it, as in its own row
+        units.append({
+            "ids": list(a) + list(b[k:]), "labels": labels, "positions": list(range(len(a))) + list(range(k, len(b))),
+            "segments": [3 * i] * k + [3 * i + 1] * (len(a) - k) + [3 * i + 2] * rest,
+            "owners": [i] * len(a) + [n_pairs + i] * rest, "predict": predict[: len(a) + rest],
+        })
+    lengths = [len(u["ids"]) for u in units]
+    rows = pack_rows(lengths, max_length)
+    shape = (len(rows), max(sum(lengths[i] for i in row) for row in rows))
+    batch = {"input_ids": torch.full(shape, pad_id, dtype=torch.long), "labels": torch.full(shape, IGNORE),
+             "attention_mask": torch.zeros(shape, dtype=torch.long), "position_ids": torch.zeros(shape, dtype=torch.long),
+             "example_ids": torch.full(shape, -1), "segment_ids": torch.full(shape, -1),
+             "predict_from": torch.full(shape, -1)}  # each (R, T)
+    for r, members in enumerate(rows):
+        start = 0
+        for index in members:
+            unit, span = units[index], slice(start, start + lengths[index])
+            batch["input_ids"][r, span] = torch.tensor(unit["ids"])
+            batch["labels"][r, span] = torch.tensor(unit["labels"])
+            batch["labels"][r, start] = IGNORE  # would be predicted from the previous unit's last token
+            batch["attention_mask"][r, span] = 1
+            batch["position_ids"][r, span] = torch.tensor(unit["positions"])
+            batch["example_ids"][r, span] = torch.tensor(unit["owners"])
+            batch["segment_ids"][r, span] = torch.tensor(unit["segments"])
+            batch["predict_from"][r, span] = torch.tensor(unit["predict"]) + start
+            start += lengths[index]
+    batch["sequence_tokens"] = torch.tensor(sum(len(a) + len(b) for a, _, b, _ in pairs))
+    return batch
+
+
+def shared_prompt_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """(R, 1, T, T) bool, True where a query may attend a key: causal, within its own segment or its pair's prompt.
+
+    Padding (segment -1) attends to itself only, so no query row is empty.
+    """
+    query, key = segment_ids[:, :, None], segment_ids[:, None, :]  # (R, T, 1), (R, 1, T)
+    length = segment_ids.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()  # (T, T)
+    same = (key == query) | ((key == query - query % 3) & (key >= 0))  # own segment, or the own pair's prompt
+    allowed = causal & same & (query >= 0)
+    allowed |= torch.eye(length, dtype=torch.bool, device=segment_ids.device)
+    return allowed[:, None]
+
+
+def _first_supervised(labels: list[int]) -> int:
+    return next((i for i, label in enumerate(labels) if label != IGNORE), len(labels))
+
+
 def token_owners(batch: dict[str, torch.Tensor], keep: torch.Tensor) -> tuple[torch.Tensor, int]:
     """(which sequence each supervised token belongs to (N,), row-major over `keep` (R, T-1); the sequence count).
 
@@ -125,6 +203,14 @@ def token_owners(batch: dict[str, torch.Tensor], keep: torch.Tensor) -> tuple[to
     if "example_ids" in batch:
         return batch["example_ids"][:, 1:][keep], int(batch["example_ids"].max()) + 1
     return keep.nonzero()[:, 0], int(batch["labels"].shape[0])
+
+
+def sequence_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Real tokens of the batch's sequences: its non-padding positions, or with shared prompts, the tokens the
+    sequences hold unshared (a pair's prompt counts twice, as in its two sequences, though read once)."""
+    if "sequence_tokens" in batch:
+        return int(batch["sequence_tokens"])
+    return int(batch["attention_mask"].sum())
 
 
 def padding_fraction(batches: list[dict[str, torch.Tensor]]) -> float:

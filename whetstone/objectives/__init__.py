@@ -14,7 +14,7 @@ from collections.abc import Callable
 from whetstone.objectives.base import LossOutput, Objective
 from whetstone.objectives.classify import CLASSIFY
 from whetstone.objectives.kto import KTO
-from whetstone.objectives.preference import DPO, packed_dpo
+from whetstone.objectives.preference import DPO, packed_dpo, shared_prompt_dpo
 from whetstone.objectives.reward import REWARD
 from whetstone.objectives.sft import SFT, packed_sft, sft_loss
 
@@ -33,6 +33,8 @@ PACKED: dict[str, Callable[[int], Objective]] = {"sft": packed_sft, "dpo": packe
 
 def objective_for(config) -> Objective:
     """The run's objective: config.objective.name, with its sequences packed when data.packing is on."""
+    if config.data.packing and config.objective.share_prompt:  # dpo only (config validation)
+        return shared_prompt_dpo(config.data.max_length)
     if config.data.packing:  # config validation allows it for config.PACKABLE only
         return PACKED[config.objective.name](config.data.max_length)
     return OBJECTIVES[config.objective.name]

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from whetstone.data.dataset import DataStats
-from whetstone.data.packing import pack_sequences
+from whetstone.data.packing import pack_sequences, pack_shared_prompts
 from whetstone.data.records import Record
 from whetstone.errors import WhetstoneError
 from whetstone.methods import is_adapter_model
@@ -196,6 +196,14 @@ def collate_pairs_packed(examples: list[PairExample], pad_id: int, max_length: i
     return batch
 
 
+def collate_pairs_shared(examples: list[PairExample], pad_id: int, max_length: int) -> dict[str, torch.Tensor]:
+    """collate_pairs_packed with each pair's common prompt read once (objective.share_prompt; data/packing.py)."""
+    batch = pack_shared_prompts([(e.chosen.input_ids, e.chosen.labels, e.rejected.input_ids, e.rejected.labels)
+                                 for e in examples], pad_id, max_length)
+    batch["pair_key"] = torch.tensor([e.key for e in examples], dtype=torch.long)  # (B,)
+    return batch
+
+
 def count_pairs(batch: dict[str, torch.Tensor]) -> int:
     return int(batch["pair_key"].shape[0])
 
@@ -319,3 +327,8 @@ DPO = Objective(name="dpo", prepare=prepare_pairs, collate=collate_pairs, units=
 def packed_dpo(max_length: int) -> Objective:
     """DPO whose chosen and rejected sequences are packed into rows of at most `max_length` tokens (data.packing)."""
     return dataclasses.replace(DPO, collate=lambda examples, pad_id: collate_pairs_packed(examples, pad_id, max_length))
+
+
+def shared_prompt_dpo(max_length: int) -> Objective:
+    """packed_dpo with each pair's common prompt read once (objective.share_prompt)."""
+    return dataclasses.replace(DPO, collate=lambda examples, pad_id: collate_pairs_shared(examples, pad_id, max_length))

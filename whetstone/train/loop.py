@@ -27,6 +27,7 @@ from tqdm import tqdm
 from whetstone.config import RunConfig, TrainConfig
 from whetstone.data.batches import StepPlan, example_lengths
 from whetstone.data.dataset import DataStats, load_splits, plan_mixture, summarize_preparation
+from whetstone.data.packing import sequence_tokens
 from whetstone.errors import WhetstoneError
 from whetstone.evaluate.final import final_evaluation
 from whetstone.evaluate.loss import objective_loss
@@ -256,7 +257,7 @@ def train(
                         sums[0], sums[1] = sums[0] + loss, sums[1] + units
                 for key, value in out.metrics.items():
                     step_metrics[key] = step_metrics.get(key, 0.0) + float(value) * weight
-                step_tokens += int(batch["attention_mask"].sum()) if weight else 0
+                step_tokens += sequence_tokens(batch) if weight else 0
             step_tokens = int(distributed.sum_across(step_tokens))  # real tokens of every process
             state.tokens += step_tokens
             # DeepSpeed clips and steps in one call, and skips a non-finite gradient itself (checked below).
