@@ -5,6 +5,7 @@
     ... levers.py logit_chunk | group_by_length | gradient_checkpointing | bf16 | precompute_reference
     ... levers.py dpo_logit_chunk                  # the chunked head in DPO's policy and reference passes
     ... levers.py share_prompt                     # packed DPO, each pair's prompt read once
+    ... levers.py sft_share_prompt                 # packed SFT, each row's shared prefix read once
     # padding share of one epoch for each batching (tokenizer only, no training)
     flock /tmp/whetstone-cpu.lock .venv/bin/python bench/levers.py padding
     # peak RSS of one SFT forward + backward at batch 8 x 256, every token supervised, head chunked or not
@@ -46,8 +47,10 @@ LEVERS = {
     "bf16": ("configs/sft_lora.yaml", SFT, ["train.precision=bf16"]),
     "precompute_reference": ("configs/dpo.yaml", DPO, ["objective.precompute_reference=true"]),
     "dpo_logit_chunk": ("configs/dpo.yaml", DPO + ["--set", "train.logit_chunk=null"], ["train.logit_chunk=1024"]),
-    # Both runs packed: the lever reads each pair's prompt once instead of twice.
+    # Both runs packed: the lever reads each pair's prompt once instead of twice (DPO), or the prefix a row's
+    # examples share (the chat template's system prompt) once instead of once per example (SFT).
     "share_prompt": ("configs/dpo.yaml", DPO + ["--set", "data.packing=true"], ["objective.share_prompt=true"]),
+    "sft_share_prompt": ("configs/sft_lora.yaml", SFT + ["--set", "data.packing=true"], ["objective.share_prompt=true"]),
 }
 
 

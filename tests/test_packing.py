@@ -10,7 +10,14 @@ from transformers import AutoModelForCausalLM
 
 from whetstone.config import ConfigError, load_config
 from whetstone.data.batches import collate, supervised_count
-from whetstone.data.packing import _first_fit_decreasing, collate_packed, pack_rows, padding_fraction
+from whetstone.data.packing import (
+    _first_fit_decreasing,
+    collate_packed,
+    collate_packed_shared,
+    pack_rows,
+    padding_fraction,
+    sequence_tokens,
+)
 from whetstone.data.records import Message, Record
 from whetstone.data.render import IGNORE, render_record
 from whetstone.objectives.sft import SFTContext, sft_loss
@@ -83,6 +90,36 @@ def test_per_example_losses_equal_unpacked(tiny_model_dir, tiny_tokenizer, attn)
     assert abs(float(loss_leaky) - float(plain.loss_sum)) / plain.units > 1e-3
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_prefix_rows_give_each_example_its_unpacked_loss_and_gradient(tiny_model_dir, tiny_tokenizer, attn):
+    """objective.share_prompt for SFT: what a row's examples begin with alike (the template's system prompt and
+    '<|im_start|>user') is read once per row, and nothing per example changes."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attn)
+    examples = _examples(tiny_tokenizer)
+    pad = tiny_tokenizer.pad_token_id
+    results = []
+    for batch in (collate(examples, pad), collate_packed(examples, pad, 128), collate_packed_shared(examples, pad, 128)):
+        model.zero_grad(set_to_none=True)
+        out = sft_loss(model, batch, SFTContext(7))
+        (out.loss_sum / out.units).backward()
+        results.append((batch, out, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (plain, a, grads_a), (packed, _, _), (shared, b, grads_b) = results
+    assert sequence_tokens(shared) == sequence_tokens(plain) == int(plain["attention_mask"].sum())
+    saved = 0  # each row reads its prefix once instead of once per example
+    for r in range(shared["input_ids"].shape[0]):
+        real = shared["segment_ids"][r] >= 0
+        prefix = int((shared["segment_ids"][r] == shared["prefix_ids"][r])[real].sum())
+        members = len(set(shared["example_ids"][r][real].tolist()))
+        assert prefix >= 5  # the template's opening and the question's first words
+        saved += (members - 1) * prefix
+    assert int(shared["attention_mask"].sum()) == sequence_tokens(plain) - saved
+    assert int(shared["attention_mask"].sum()) < int(packed["attention_mask"].sum())  # fewer tokens read
+    assert b.units == a.units and torch.equal(b.row_units, a.row_units)
+    torch.testing.assert_close(b.row_loss / b.row_units, a.row_loss / a.row_units, atol=1e-5, rtol=1e-5)
+    worst = max(float((grads_a[n] - grads_b[n]).abs().max()) for n in grads_a)
+    assert worst < 1e-5, worst
+
+
 def _losses(run_dir):
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -106,6 +143,17 @@ def test_packed_training_follows_the_unpacked_trajectory(tmp_path, tiny_model_di
     assert len(losses[True]) == 10 and delta < 1e-4
     assert len(rows) == 10 and all(n_rows < n for n, n_rows in rows)  # every step really ran packed
     assert losses[True][-1] < losses[True][0]  # it trained
+
+
+def test_shared_prefix_training_follows_the_unpacked_trajectory(tmp_path, tiny_model_dir, qa_file):
+    summaries, losses = {}, {}
+    for name, sets in (("unpacked", []), ("shared", ["data.packing=true", "objective.share_prompt=true"])):
+        config = tiny_config(tiny_model_dir, qa_file, "train.max_steps=6", "train.batch_size=8",
+                             "data.max_length=192", *sets)
+        summaries[name] = train(config, tmp_path / name, progress=False)
+        losses[name] = _losses(tmp_path / name)
+    assert max(abs(a - b) for a, b in zip(losses["shared"], losses["unpacked"], strict=True)) < 1e-4
+    assert summaries["shared"]["tokens"] == summaries["unpacked"]["tokens"]  # the examples' tokens, as unshared
 
 
 def test_packing_is_refused_where_it_cannot_apply(tiny_model_dir, qa_file):

@@ -140,8 +140,10 @@ class ObjectiveConfig:
     precompute_reference: bool = False
     """dpo: compute reference log-probs once before training; full fine-tuning then keeps no second model."""
     share_prompt: bool = False
-    """dpo with data.packing: read each pair's common prompt once, chosen's and rejected's answers branching from
-    it (prefix sharing); the same log-probs and gradients, fewer tokens through the model."""
+    """sft and dpo with data.packing: read a shared prompt prefix once, the answers branching from it (prefix
+    sharing). DPO shares each pair's prompt between its two answers; SFT shares what a row's examples begin
+    with alike (a chat template's system prompt, say). The same losses and gradients, fewer tokens through the
+    model."""
     desirable_weight: float = 1.0
     """kto: weight of the loss on desirable (thumbs-up) examples."""
     undesirable_weight: float = 1.0
@@ -673,9 +675,10 @@ class RunConfig:
                     f"eval: {self.objective.name} evaluates the held-out mean reward and KL itself, so it does not run "
                     f"{', '.join(asked)}; remove them, or evaluate the finished run with `whetstone eval --run`."
                 )
-        if self.objective.share_prompt and not (self.objective.name == "dpo" and self.data.packing):
-            problems.append(f"objective.share_prompt applies to objective dpo with data.packing: true (got objective "
-                            f"{self.objective.name}, data.packing {str(self.data.packing).lower()}).")
+        if self.objective.share_prompt and not (self.objective.name in PACKABLE and self.data.packing):
+            problems.append(f"objective.share_prompt applies to objectives {' and '.join(PACKABLE)} with data.packing: "
+                            f"true (got objective {self.objective.name}, data.packing "
+                            f"{str(self.data.packing).lower()}).")
         if self.data.packing and self.objective.name not in PACKABLE:
             problems.append(f"data.packing: objective {self.objective.name} keeps one sequence per row "
                             f"(classification, rewards, rollouts), so it cannot be packed; packing is for objectives "

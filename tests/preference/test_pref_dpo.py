@@ -151,7 +151,7 @@ def test_shared_prompt_dpo_follows_the_unpacked_trajectory(tmp_path, tiny_model_
 
 
 @pytest.mark.parametrize("sets", [["objective.share_prompt=true"],
-                                  ["objective=sft", "data.packing=true", "objective.share_prompt=true"]])
-def test_share_prompt_needs_packed_dpo(tiny_model_dir, pair_files, sets):
-    with pytest.raises(WhetstoneError, match="objective.share_prompt applies to objective dpo with data.packing"):
+                                  ["objective=kto", "data.packing=true", "objective.share_prompt=true"]])
+def test_share_prompt_needs_packed_sft_or_dpo(tiny_model_dir, pair_files, sets):
+    with pytest.raises(WhetstoneError, match="objective.share_prompt applies to objectives sft and dpo with data.packing"):
         pref_config(tiny_model_dir, "objective=dpo", f"data.train={pair_files[0]}", *sets)

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from whetstone.config import ConfigError, DataConfig, ReplayConfig, load_config
 from whetstone.data.batches import collate
 from whetstone.data.dataset import load_splits, tokenize
-from whetstone.data.packing import collate_packed
+from whetstone.data.packing import collate_packed, collate_packed_shared
 from whetstone.data.records import Message, Record
 from whetstone.data.render import IGNORE, render_record
 from whetstone.objectives.logprobs import Reference
@@ -75,6 +75,22 @@ def test_chunked_distillation_equals_autograd(tiny_model_dir, tiny_tokenizer, me
     distilled = whole.row_loss[1::2] / whole.row_units[1::2]
     plain = whole.row_loss[0::2] / whole.row_units[0::2]
     assert bool((distilled >= 0).all()) and float(distilled.max()) < float(plain.min())
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_shared_prefix_rows_distill_as_packed_rows_do(tiny_model_dir, tiny_tokenizer, method):
+    """objective.share_prompt with distilled replay: the distill mask follows each token's example."""
+    model, reference = _student_and_reference(tiny_model_dir, method)
+    examples = _examples(tiny_tokenizer)
+    pad = tiny_tokenizer.pad_token_id
+    packed, shared = collate_packed(examples, pad, 256), collate_packed_shared(examples, pad, 256)
+    assert int(shared["attention_mask"].sum()) < int(packed["attention_mask"].sum())
+    a, grads_a = _loss_and_grads(model, packed, reference, 7)
+    b, grads_b = _loss_and_grads(model, shared, reference, 7)
+    assert b.units == a.units and torch.equal(b.row_units, a.row_units)
+    torch.testing.assert_close(b.row_loss, a.row_loss, atol=1e-5, rtol=1e-5)
+    worst = max(float((grads_a[n] - grads_b[n]).abs().max()) for n in grads_a)
+    assert worst < 1e-5, worst
 
 
 def test_the_kl_is_zero_where_the_student_is_the_base(tiny_model_dir, tiny_tokenizer):

@@ -72,6 +72,15 @@ def _first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
+def collate_packed_shared(examples: list[Rendered], pad_id: int, max_length: int) -> dict[str, torch.Tensor]:
+    """collate_packed with the prefix each row's examples share read once (objective.share_prompt for SFT)."""
+    batch = pack_shared_prefix_rows([(e.input_ids, e.labels) for e in examples], pad_id, max_length)
+    if any(e.distill for e in examples):  # "distill" follows each token's example, wherever the layout put it
+        flags = torch.tensor([e.distill for e in examples])  # (B,)
+        batch["distill"] = (batch["example_ids"] >= 0) & flags[batch["example_ids"].clamp(min=0)]  # (R, T)
+    return batch
+
+
 def collate_packed(examples: list[Rendered], pad_id: int, max_length: int) -> dict[str, torch.Tensor]:
     """Pack `examples` into rows of at most `max_length` tokens, right-padded to the longest row.
 
@@ -117,82 +126,123 @@ def pack_sequences(sequences: list[tuple[list[int], list[int]]], pad_id: int,
     return batch, rows
 
 
+Sequence = tuple[list[int], list[int], int]  # input ids, labels, and the sequence's number in the batch
+
+
 def pack_shared_prompts(pairs: list[tuple[list[int], list[int], list[int], list[int]]], pad_id: int,
                         max_length: int) -> dict[str, torch.Tensor]:
-    """Pairs of sequences that share a prompt, (chosen ids, chosen labels, rejected ids, rejected labels), packed
-    with each pair's common prompt read once: a unit of [prompt, chosen's rest, rejected's rest].
+    """DPO pairs (chosen ids, chosen labels, rejected ids, rejected labels), packed with each pair's common prompt
+    read once: a unit of [prompt, chosen's rest, rejected's rest] (objective.share_prompt). Chosen i is sequence
+    i and rejected i is sequence B + i, as collate_pairs numbers its rows."""
+    units = [[(a, a_labels, i), (b, b_labels, len(pairs) + i)] for i, (a, a_labels, b, b_labels) in enumerate(pairs)]
+    lengths = [_unit_length(unit) for unit in units]
+    return layout_shared_prefixes(units, pack_rows(lengths, max_length), pad_id)
 
-    Rejected's rest takes the position ids it has in its own sequence and attends to the prompt and itself,
-    never to chosen's rest, so every token sees what it sees unpacked. What the batch adds to pack_sequences':
 
-    - segment_ids (R, T): 3i on pair i's prompt, 3i + 1 on chosen's rest, 3i + 2 on rejected's rest, -1 on
-      padding; models/forward.py builds the attention mask from them (shared_prompt_mask);
-    - predict_from (R, T): the column whose hidden state predicts the token, the previous column except for
-      rejected's first token, which the prompt's last token predicts;
-    - example_ids: chosen i and rejected B + i, as collate_pairs numbers the rows; the prompt counts as chosen's;
-    - sequence_tokens: the tokens of the 2B sequences as pack_sequences would hold them (a prompt twice), so
-      that token counts mean the same with and without sharing.
+def pack_shared_prefix_rows(sequences: list[tuple[list[int], list[int]]], pad_id: int,
+                            max_length: int) -> dict[str, torch.Tensor]:
+    """SFT examples packed into rows as pack_sequences packs them, each row then reading the prefix its examples
+    share once (a chat template's system prompt, say): a unit of [prefix, rest 1, rest 2, ...] per row."""
+    rows = pack_rows([len(ids) for ids, _ in sequences], max_length)
+    units = [[(*sequences[i], i) for i in row] for row in rows]
+    return layout_shared_prefixes(units, [[u] for u in range(len(units))], pad_id)
 
-    The shared prompt stops before the first supervised token of either sequence: every supervised token sits
-    in one sequence's own rest, at its own position, so labels[:, 1:] != -100 still marks them.
+
+def layout_shared_prefixes(units: list[list[Sequence]], rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Lay out units of sequences that share a prefix, each unit's prefix once, the units of rows[r] in row r.
+
+    A unit is [prefix, rest of sequence 1, rest of sequence 2, ...]. The prefix is the sequences' common start,
+    stopped before the first supervised token of any of them, so every supervised token sits in its own
+    sequence's rest. Each rest keeps the position ids it has in its own sequence and attends to the prefix and
+    to itself, never to another rest, so every token sees what it sees alone. Besides pack_sequences' keys:
+
+    - segment_ids and prefix_ids (R, T): each prefix and each rest is a segment; prefix_ids holds the segment
+      of the prefix a position branches from (its own, on a prefix); -1 on padding. models/forward.py builds
+      the attention mask from them (shared_prefix_mask);
+    - predict_from (R, T): the column whose hidden state predicts the token: the previous column, except for
+      a rest's first token, which the prefix's last token predicts;
+    - example_ids: each sequence's number, on its rest (a prefix carries the unit's first sequence's);
+    - sequence_tokens: the tokens of the sequences unshared (a prefix once per sequence), so that token counts
+      mean the same with and without sharing.
     """
-    n_pairs = len(pairs)
-    units = []
-    for i, (a, a_labels, b, b_labels) in enumerate(pairs):
-        limit = min(_first_supervised(a_labels), _first_supervised(b_labels), len(a), len(b))
-        k = 0
-        while k < limit and a[k] == b[k]:
-            k += 1
-        rest = len(b) - k
-        labels = list(a_labels) + list(b_labels[k:])
-        predict = list(range(-1, len(a) - 1)) + [k - 1] + list(range(len(a), len(a) + rest - 1))
-        if rest and k == 0:
-            labels[len(a)] = IGNORE  # rejected's first token: nothing before it predicts it, as in its own row
-        units.append({
-            "ids": list(a) + list(b[k:]), "labels": labels, "positions": list(range(len(a))) + list(range(k, len(b))),
-            "segments": [3 * i] * k + [3 * i + 1] * (len(a) - k) + [3 * i + 2] * rest,
-            "owners": [i] * len(a) + [n_pairs + i] * rest, "predict": predict[: len(a) + rest],
-        })
-    lengths = [len(u["ids"]) for u in units]
-    rows = pack_rows(lengths, max_length)
-    shape = (len(rows), max(sum(lengths[i] for i in row) for row in rows))
+    laid = [_shared_unit(unit) for unit in units]
+    lengths = [len(u["ids"]) for u in laid]
+    shape = (len(rows), max(sum(lengths[u] for u in row) for row in rows))
     batch = {"input_ids": torch.full(shape, pad_id, dtype=torch.long), "labels": torch.full(shape, IGNORE),
              "attention_mask": torch.zeros(shape, dtype=torch.long), "position_ids": torch.zeros(shape, dtype=torch.long),
              "example_ids": torch.full(shape, -1), "segment_ids": torch.full(shape, -1),
-             "predict_from": torch.full(shape, -1)}  # each (R, T)
+             "prefix_ids": torch.full(shape, -1), "predict_from": torch.full(shape, -1)}  # each (R, T)
+    segments = 0
     for r, members in enumerate(rows):
         start = 0
         for index in members:
-            unit, span = units[index], slice(start, start + lengths[index])
-            batch["input_ids"][r, span] = torch.tensor(unit["ids"])
-            batch["labels"][r, span] = torch.tensor(unit["labels"])
+            unit, span = laid[index], slice(start, start + lengths[index])
+            for key, source in (("input_ids", "ids"), ("labels", "labels"), ("position_ids", "positions"),
+                                ("example_ids", "owners")):
+                batch[key][r, span] = torch.tensor(unit[source])
             batch["labels"][r, start] = IGNORE  # would be predicted from the previous unit's last token
             batch["attention_mask"][r, span] = 1
-            batch["position_ids"][r, span] = torch.tensor(unit["positions"])
-            batch["example_ids"][r, span] = torch.tensor(unit["owners"])
-            batch["segment_ids"][r, span] = torch.tensor(unit["segments"])
+            batch["segment_ids"][r, span] = torch.tensor(unit["segments"]) + segments
+            batch["prefix_ids"][r, span] = segments
             batch["predict_from"][r, span] = torch.tensor(unit["predict"]) + start
+            segments += len(units[index]) + 1
             start += lengths[index]
-    batch["sequence_tokens"] = torch.tensor(sum(len(a) + len(b) for a, _, b, _ in pairs))
+    batch["sequence_tokens"] = torch.tensor(sum(len(ids) for unit in units for ids, _, _ in unit))
     return batch
 
 
-def shared_prompt_mask(segment_ids: torch.Tensor) -> torch.Tensor:
-    """(R, 1, T, T) bool, True where a query may attend a key: causal, within its own segment or its pair's prompt.
+def _unit_length(unit: list[Sequence]) -> int:
+    k = _common_prefix(unit)
+    return k + sum(len(ids) - k for ids, _, _ in unit)
+
+
+def _common_prefix(unit: list[Sequence]) -> int:
+    """How many leading tokens every sequence of the unit shares, stopped before any supervised token."""
+    limit = min(min(_first_supervised(labels), len(ids)) for ids, labels, _ in unit)
+    k = 0
+    while k < limit and all(ids[k] == unit[0][0][k] for ids, _, _ in unit):
+        k += 1
+    return k
+
+
+def _shared_unit(unit: list[Sequence]) -> dict[str, list[int]]:
+    """One unit's tokens laid out as [prefix, rest 1, rest 2, ...]; segments 0 (prefix), 1, 2, ...; `predict`
+    relative to the unit's start."""
+    k = _common_prefix(unit)
+    first_ids, first_labels, first_owner = unit[0]
+    out = {"ids": list(first_ids[:k]), "labels": list(first_labels[:k]), "positions": list(range(k)),
+           "segments": [0] * k, "owners": [first_owner] * k, "predict": list(range(-1, k - 1))}
+    for branch, (ids, labels, owner) in enumerate(unit, start=1):
+        rest, begin = len(ids) - k, len(out["ids"])
+        rest_labels = list(labels[k:])
+        if rest and k == 0:
+            rest_labels[0] = IGNORE  # the sequence's first token: nothing before it predicts it
+        out["ids"] += ids[k:]
+        out["labels"] += rest_labels
+        out["positions"] += range(k, len(ids))
+        out["segments"] += [branch] * rest
+        out["owners"] += [owner] * rest
+        out["predict"] += ([k - 1] + list(range(begin, begin + rest - 1)))[:rest]
+    return out
+
+
+def shared_prefix_mask(segment_ids: torch.Tensor, prefix_ids: torch.Tensor) -> torch.Tensor:
+    """(R, 1, T, T) bool, True where a query may attend a key: causal, within its own segment or its prefix.
 
     Padding (segment -1) attends to itself only, so no query row is empty.
     """
     query, key = segment_ids[:, :, None], segment_ids[:, None, :]  # (R, T, 1), (R, 1, T)
     length = segment_ids.shape[1]
     causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()  # (T, T)
-    same = (key == query) | ((key == query - query % 3) & (key >= 0))  # own segment, or the own pair's prompt
-    allowed = causal & same & (query >= 0)
+    same = (key == query) | (key == prefix_ids[:, :, None])  # own segment, or the prefix it branches from
+    allowed = causal & same & (query >= 0) & (key >= 0)
     allowed |= torch.eye(length, dtype=torch.bool, device=segment_ids.device)
     return allowed[:, None]
 
 
 def _first_supervised(labels: list[int]) -> int:
-    return next((i for i, label in enumerate(labels) if label != IGNORE), len(labels))
+    """The first position whose label is learnt; a label at position 0 never is (nothing predicts it)."""
+    return next((i for i, label in enumerate(labels) if i and label != IGNORE), len(labels))
 
 
 def token_owners(batch: dict[str, torch.Tensor], keep: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from whetstone.data.packing import shared_prompt_mask
+from whetstone.data.packing import shared_prefix_mask
 from whetstone.data.render import IGNORE
 
 LOGIT_CHUNK = 1024  # the default of train.logit_chunk, for callers without a config (eval, tests)
@@ -39,8 +39,8 @@ def label_hidden(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tupl
     Returns (hidden (N, H), targets (N,)), N = supervised tokens in the batch, in row-major order.
     """
     lm = unwrap(model)
-    if "segment_ids" in batch:  # shared prompts (DPO): a mask that position ids cannot describe
-        attention_mask = _shared_prompt_attention(lm, batch["segment_ids"])
+    if "segment_ids" in batch:  # shared prefixes: a mask that position ids cannot describe
+        attention_mask = _shared_prefix_attention(lm, batch["segment_ids"], batch["prefix_ids"])
     else:  # packed rows: no 2D mask, so transformers reads the example boundaries from position_ids (data/packing.py)
         attention_mask = None if "example_ids" in batch else batch["attention_mask"]
     hidden = lm.get_decoder()(
@@ -51,16 +51,16 @@ def label_hidden(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tupl
     ).last_hidden_state  # (B, T, H)
     targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
     keep = targets != IGNORE
-    if "predict_from" in batch:  # shared prompts: rejected's first token is predicted from the prompt's end
+    if "predict_from" in batch:  # shared prefixes: a rest's first token is predicted from the prefix's end
         rows, columns = keep.nonzero()[:, 0], batch["predict_from"][:, 1:][keep]
         return hidden[rows, columns], targets[keep]
     return hidden[:, :-1][keep], targets[keep]  # (N, H), (N,)
 
 
-def _shared_prompt_attention(lm: torch.nn.Module, segment_ids: torch.Tensor) -> torch.Tensor:
-    """The (R, 1, T, T) mask of a shared-prompt batch, as the attention implementation takes it: boolean for sdpa,
+def _shared_prefix_attention(lm: torch.nn.Module, segment_ids: torch.Tensor, prefix_ids: torch.Tensor) -> torch.Tensor:
+    """The (R, 1, T, T) mask of a shared-prefix batch, as the attention implementation takes it: boolean for sdpa,
     additive (0 or the dtype's minimum) for eager, which adds the mask to its scores."""
-    allowed = shared_prompt_mask(segment_ids)
+    allowed = shared_prefix_mask(segment_ids, prefix_ids)
     if getattr(lm.config, "_attn_implementation", "sdpa") == "sdpa":
         return allowed
     dtype = lm.get_input_embeddings().weight.dtype

@@ -16,7 +16,7 @@ from whetstone.objectives.classify import CLASSIFY
 from whetstone.objectives.kto import KTO
 from whetstone.objectives.preference import DPO, packed_dpo, shared_prompt_dpo
 from whetstone.objectives.reward import REWARD
-from whetstone.objectives.sft import SFT, packed_sft, sft_loss
+from whetstone.objectives.sft import SFT, packed_sft, sft_loss, shared_prefix_sft
 
 OBJECTIVES: dict[str, Objective] = {
     "sft": SFT,
@@ -28,13 +28,15 @@ OBJECTIVES: dict[str, Objective] = {
 
 # data.packing: the objective with its sequences packed into rows of at most max_length tokens (config.PACKABLE).
 PACKED: dict[str, Callable[[int], Objective]] = {"sft": packed_sft, "dpo": packed_dpo}
+# objective.share_prompt: packed, with a shared prefix read once (SFT: a row's examples'; DPO: a pair's prompt).
+SHARED: dict[str, Callable[[int], Objective]] = {"sft": shared_prefix_sft, "dpo": shared_prompt_dpo}
 
 
 
 def objective_for(config) -> Objective:
     """The run's objective: config.objective.name, with its sequences packed when data.packing is on."""
-    if config.data.packing and config.objective.share_prompt:  # dpo only (config validation)
-        return shared_prompt_dpo(config.data.max_length)
+    if config.data.packing and config.objective.share_prompt:  # sft and dpo only (config validation)
+        return SHARED[config.objective.name](config.data.max_length)
     if config.data.packing:  # config validation allows it for config.PACKABLE only
         return PACKED[config.objective.name](config.data.max_length)
     return OBJECTIVES[config.objective.name]

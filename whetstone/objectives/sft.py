@@ -24,7 +24,7 @@ import torch
 
 from whetstone.data.batches import collate, supervised_count
 from whetstone.data.dataset import tokenize
-from whetstone.data.packing import collate_packed, token_owners
+from whetstone.data.packing import collate_packed, collate_packed_shared, token_owners
 from whetstone.data.render import IGNORE
 from whetstone.models.forward import (
     LOGIT_CHUNK,
@@ -71,7 +71,7 @@ def _distilled_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], keep
     distilled = batch["distill"][:, 1:][keep]  # (N,)
     rows = batch["distill"].any(dim=1)  # (R,)
     # The base's labels: only the distilled tokens, so label_hidden returns them in the same row-major order.
-    base_batch = {k: v[rows] for k, v in batch.items()}
+    base_batch = {k: v[rows] for k, v in batch.items() if v.dim()}  # (sequence_tokens is a count, not rows)
     base_batch["labels"] = torch.where(base_batch["distill"], base_batch["labels"], IGNORE)
     teacher = reference.label_hidden(model, base_batch)  # (N_d, H)
     kl_sum, kl = label_distillation(model, hidden[distilled], teacher, reference.head(model), chunk)
@@ -93,3 +93,9 @@ SFT = Objective(name="sft", prepare=tokenize, collate=collate, units=supervised_
 def packed_sft(max_length: int) -> Objective:
     """SFT whose micro-batches are packed into rows of at most `max_length` tokens (data.packing)."""
     return dataclasses.replace(SFT, collate=lambda examples, pad_id: collate_packed(examples, pad_id, max_length))
+
+
+def shared_prefix_sft(max_length: int) -> Objective:
+    """packed_sft with the prefix each row's examples share read once (objective.share_prompt)."""
+    return dataclasses.replace(SFT, collate=lambda examples, pad_id: collate_packed_shared(examples, pad_id,
+                                                                                             max_length))
