@@ -134,9 +134,9 @@ def pack_shared_prompts(pairs: list[tuple[list[int], list[int], list[int], list[
     """DPO pairs (chosen ids, chosen labels, rejected ids, rejected labels), packed with each pair's common prompt
     read once: a unit of [prompt, chosen's rest, rejected's rest] (objective.share_prompt). Chosen i is sequence
     i and rejected i is sequence B + i, as collate_pairs numbers its rows."""
-    units = [[(a, a_labels, i), (b, b_labels, len(pairs) + i)] for i, (a, a_labels, b, b_labels) in enumerate(pairs)]
-    lengths = [_unit_length(unit) for unit in units]
-    return layout_shared_prefixes(units, pack_rows(lengths, max_length), pad_id)
+    units = [_shared_unit([(a, a_labels, i), (b, b_labels, len(pairs) + i)])
+             for i, (a, a_labels, b, b_labels) in enumerate(pairs)]
+    return layout_shared_prefixes(units, pack_rows([len(u["ids"]) for u in units], max_length), pad_id)
 
 
 def pack_shared_prefix_rows(sequences: list[tuple[list[int], list[int]]], pad_id: int,
@@ -144,12 +144,13 @@ def pack_shared_prefix_rows(sequences: list[tuple[list[int], list[int]]], pad_id
     """SFT examples packed into rows as pack_sequences packs them, each row then reading the prefix its examples
     share once (a chat template's system prompt, say): a unit of [prefix, rest 1, rest 2, ...] per row."""
     rows = pack_rows([len(ids) for ids, _ in sequences], max_length)
-    units = [[(*sequences[i], i) for i in row] for row in rows]
+    units = [_shared_unit([(*sequences[i], i) for i in row]) for row in rows]
     return layout_shared_prefixes(units, [[u] for u in range(len(units))], pad_id)
 
 
-def layout_shared_prefixes(units: list[list[Sequence]], rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Lay out units of sequences that share a prefix, each unit's prefix once, the units of rows[r] in row r.
+def layout_shared_prefixes(units: list[dict], rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Lay out units of sequences that share a prefix (_shared_unit), each unit's prefix once, the units of rows[r]
+    in row r.
 
     A unit is [prefix, rest of sequence 1, rest of sequence 2, ...]. The prefix is the sequences' common start,
     stopped before the first supervised token of any of them, so every supervised token sits in its own
@@ -165,8 +166,7 @@ def layout_shared_prefixes(units: list[list[Sequence]], rows: list[list[int]], p
     - sequence_tokens: the tokens of the sequences unshared (a prefix once per sequence), so that token counts
       mean the same with and without sharing.
     """
-    laid = [_shared_unit(unit) for unit in units]
-    lengths = [len(u["ids"]) for u in laid]
+    lengths = [len(u["ids"]) for u in units]
     shape = (len(rows), max(sum(lengths[u] for u in row) for row in rows))
     batch = {"input_ids": torch.full(shape, pad_id, dtype=torch.long), "labels": torch.full(shape, IGNORE),
              "attention_mask": torch.zeros(shape, dtype=torch.long), "position_ids": torch.zeros(shape, dtype=torch.long),
@@ -176,7 +176,7 @@ def layout_shared_prefixes(units: list[list[Sequence]], rows: list[list[int]], p
     for r, members in enumerate(rows):
         start = 0
         for index in members:
-            unit, span = laid[index], slice(start, start + lengths[index])
+            unit, span = units[index], slice(start, start + lengths[index])
             for key, source in (("input_ids", "ids"), ("labels", "labels"), ("position_ids", "positions"),
                                 ("example_ids", "owners")):
                 batch[key][r, span] = torch.tensor(unit[source])
@@ -185,15 +185,10 @@ def layout_shared_prefixes(units: list[list[Sequence]], rows: list[list[int]], p
             batch["segment_ids"][r, span] = torch.tensor(unit["segments"]) + segments
             batch["prefix_ids"][r, span] = segments
             batch["predict_from"][r, span] = torch.tensor(unit["predict"]) + start
-            segments += len(units[index]) + 1
+            segments += unit["sequences"] + 1
             start += lengths[index]
-    batch["sequence_tokens"] = torch.tensor(sum(len(ids) for unit in units for ids, _, _ in unit))
+    batch["sequence_tokens"] = torch.tensor(sum(unit["sequence_tokens"] for unit in units))
     return batch
-
-
-def _unit_length(unit: list[Sequence]) -> int:
-    k = _common_prefix(unit)
-    return k + sum(len(ids) - k for ids, _, _ in unit)
 
 
 def _common_prefix(unit: list[Sequence]) -> int:
@@ -205,9 +200,9 @@ def _common_prefix(unit: list[Sequence]) -> int:
     return k
 
 
-def _shared_unit(unit: list[Sequence]) -> dict[str, list[int]]:
+def _shared_unit(unit: list[Sequence]) -> dict:
     """One unit's tokens laid out as [prefix, rest 1, rest 2, ...]; segments 0 (prefix), 1, 2, ...; `predict`
-    relative to the unit's start."""
+    relative to the unit's start; how many sequences it holds, and their tokens unshared."""
     k = _common_prefix(unit)
     first_ids, first_labels, first_owner = unit[0]
     out = {"ids": list(first_ids[:k]), "labels": list(first_labels[:k]), "positions": list(range(k)),
@@ -223,6 +218,7 @@ def _shared_unit(unit: list[Sequence]) -> dict[str, list[int]]:
         out["segments"] += [branch] * rest
         out["owners"] += [owner] * rest
         out["predict"] += ([k - 1] + list(range(begin, begin + rest - 1)))[:rest]
+    out["sequences"], out["sequence_tokens"] = len(unit), sum(len(ids) for ids, _, _ in unit)
     return out
 
 
