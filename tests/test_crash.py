@@ -149,3 +149,24 @@ def test_skip_nonfinite_skips_and_counts(tmp_path, tiny_model_dir, qa_file, monk
     assert summary["steps"] == 4 and summary["skipped_steps"] == 1
     weights = latest_trainable(tmp_path / "run")
     assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_a_crash_while_truncating_metrics_keeps_every_row(tmp_path, monkeypatch):
+    """Resuming rewrites metrics.jsonl without the rows after the checkpoint; dying mid-rewrite loses none."""
+    from whetstone.train.run_dir import RunDirectory
+
+    run = RunDirectory(tmp_path)
+    run.metrics_path.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 7)))
+    original = run.metrics_path.read_text()
+
+    def die(*args):
+        raise OSError(errno.EIO, "killed mid-rename")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", die)
+        with pytest.raises(OSError):
+            run.truncate_metrics(4)
+    assert run.metrics_path.read_text() == original
+    run.truncate_metrics(4)
+    assert [row["step"] for row in run.read_metrics()] == [1, 2, 3, 4]
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]

@@ -222,7 +222,8 @@ def train(
         if checkpoint is not None:
             state = load_checkpoint(checkpoint, model, optimizer, scheduler, restore=runner.restore(optimizer))
             _say(f"resumed from {checkpoint} at step {state.step} of {plan.total_steps}")
-        run.truncate_metrics(state.step)
+        if distributed.is_main():  # the only writer: another rank reading mid-rewrite would keep nothing
+            run.truncate_metrics(state.step)
     pad_id = tokenizer.pad_token_id
 
     # ---- fit -------------------------------------------------------------------

@@ -81,12 +81,17 @@ class RunDirectory:
         return self._trackers
 
     def truncate_metrics(self, after_step: int) -> None:
-        """Drop rows logged after the checkpoint we resume from: they will be logged again."""
+        """Drop rows logged after the checkpoint we resume from: they will be logged again.
+
+        The kept rows replace the file in one rename, so a crash here leaves the old file, never an empty one.
+        """
         if not self.metrics_path.is_file():
             return
         rows = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
         kept = [line for line in rows if json.loads(line).get("step", 0) <= after_step]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        tmp = self.path / ".metrics.jsonl.tmp"
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.metrics_path)
 
     def read_metrics(self) -> list[dict]:
         if not self.metrics_path.is_file():
