@@ -337,7 +337,7 @@ def train(
     final, interpolated = {}, {}
     if not stopped_early and config.method.interpolate != 1.0:
         interpolate_toward_base(model, config.method.interpolate)
-        _say(f"method.interpolate: kept {config.method.interpolate:.0%} of the adapter's change")
+        _say(f"method.interpolate: kept {100 * config.method.interpolate:g}% of the adapter's change")
         if eval_set is not None:  # the dev loss of the model that is saved, not of the one before the step back
             with runner.evaluating():
                 results = objective_loss(model, objective, eval_set, cfg.batch_size, pad_id, device, context,
