@@ -272,3 +272,35 @@ def test_shipped_example_is_what_the_builder_writes_and_data_check_passes(tmp_pa
     assert "0 exact, 0 near" in capsys.readouterr().out
     config = load_config(ROOT / "configs/knowledge_base.yaml", [])
     assert config.eval.knowledge_sets().paths()["heldout"] == "examples/knowledge_base/heldout.jsonl"
+
+
+def test_short_answer_replay_is_right_stable_and_asks_nothing_the_probe_asks():
+    """examples/self_replay/short_answers.py: the shipped file is what the script writes, every answer is right,
+    and neither a word, a question kind nor the answer-length suffix of the forgetting probe is in it."""
+    spec = importlib.util.spec_from_file_location("short_answers", ROOT / "examples/self_replay/short_answers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not module.SOURCE.is_file():
+        pytest.skip(f"{module.SOURCE} is not on this machine")
+    built = module.records()
+    assert built == _rows(ROOT / "examples/self_replay/short_answers.jsonl") == module.records()
+    pairs = [(r["messages"][0]["content"], r["messages"][1]["content"]) for r in built]
+    assert len(pairs) == 150 and len({q for q, _ in pairs}) == 150
+    for question, answer in pairs:
+        quoted = question.split('"')[1::2]
+        if question.startswith("How many letters"):
+            assert answer == str(len(quoted[0]))
+        elif question.startswith("What is the first letter"):
+            assert answer == quoted[0][0]
+        elif question.startswith("What is the last letter"):
+            assert answer == quoted[0][-1]
+        elif question.startswith("Write the word"):
+            assert answer == quoted[0].upper()
+        else:
+            assert question.startswith("Which comes first") and answer == min(quoted) and len(quoted) == 2
+        assert len(answer.split()) == 1
+    probe = _qa(ROOT / "examples/general_probe/qa.jsonl")
+    probe_words = {w.strip("?.,").lower() for q, a in probe for w in f"{q} {a}".split()}
+    assert not {w for q, _ in pairs for w in q.split('"')[1::2]} & probe_words
+    assert not any("Answer in a few words" in q for q, _ in pairs)
+    assert all(q.endswith("Answer in a few words.") for q, _ in probe)  # the suffix this file avoids
