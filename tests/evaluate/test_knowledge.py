@@ -276,7 +276,7 @@ def test_shipped_example_is_what_the_builder_writes_and_data_check_passes(tmp_pa
 
 def test_short_answer_replay_is_right_stable_and_asks_nothing_the_probe_asks():
     """examples/self_replay/short_answers.py: the shipped file is what the script writes, every answer is right,
-    and neither a word, a question kind nor the answer-length suffix of the forgetting probe is in it."""
+    no word it asks about is in the forgetting probe, and it never uses the probe's answer-length suffix."""
     spec = importlib.util.spec_from_file_location("short_answers", ROOT / "examples/self_replay/short_answers.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
