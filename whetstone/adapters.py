@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from whetstone.errors import WhetstoneError
+from whetstone.overwrite import staged, swap_in
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _FILES = ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -107,14 +108,14 @@ class AdapterLibrary:
             raise WhetstoneError(f"{source}: cannot tell the base model; pass --base MODEL.")
         peft_config = json.loads((adapter_dir / "adapter_config.json").read_text())
         target = self.path(name)
-        tmp = self.root / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for file in _FILES:
-            if (adapter_dir / file).is_file():
-                shutil.copy2(adapter_dir / file, tmp / file)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
+        if name not in entries and (target.exists() or target.is_symlink()):
+            raise WhetstoneError(f"{target} already exists but is not in the catalogue, so the library did not "
+                                 f"write it and will not replace it. Move it away, or choose another name.")
+        with staged(target) as tmp:
+            for file in _FILES:
+                if (adapter_dir / file).is_file():
+                    shutil.copy2(adapter_dir / file, tmp / file)
+            swap_in(tmp, target)
         entry = AdapterEntry(
             name=name,
             base=base,
@@ -250,11 +251,14 @@ def storage_by_base(entries: dict[str, AdapterEntry]) -> list[StorageSummary]:
     return out
 
 
-def resolve_adapter(spec: str, model: str | None = None, library: str | Path | None = None) -> tuple[str, str | None]:
+def resolve_adapter(spec: str, model: str | None = None, library: str | Path | None = None, *,
+                    trust_remote_code: bool = False, allow_pickle: bool = False) -> tuple[str, str | None]:
     """(adapter directory, base model to load) for `--adapter SPEC [--model M]`.
 
     SPEC is an adapter directory, a run directory, or a name in the library. A library
-    adapter brings its base; an explicit --model must be that base.
+    adapter brings its base; an explicit --model must be that base. A run directory whose
+    config.yaml asks for powers the grants here do not give is refused (run_model_config);
+    the base loads with the grants alone, whatever the run or the catalogue says.
     """
     path = Path(spec)
     if (path / "adapter_config.json").is_file():
@@ -263,8 +267,12 @@ def resolve_adapter(spec: str, model: str | None = None, library: str | Path | N
     if (path / "config.yaml").is_file() and (path / "adapter" / "adapter_config.json").is_file():
         from whetstone.config import read_yaml
 
+        from whetstone.models.load import run_model_config
+
         raw = read_yaml(path / "config.yaml")
         refuse_stacked(path, raw)
+        run_model_config(raw.get("model"), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                         source=path / "config.yaml")
         return str(path / "adapter"), model or _run_base(raw)
     lib = AdapterLibrary(library)
     if not _NAME.match(spec) or spec not in lib.entries():

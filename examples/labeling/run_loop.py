@@ -50,9 +50,16 @@ def overlap(answer: str, reference: str) -> float:
     return 0.0 if not common else 2 * common / (len(a) + len(r))
 
 
-def post(port: int, path: str, body: dict) -> tuple[dict, float]:
+def page_token(port: int) -> str:
+    """The write token the server puts in its page: its script sends it with every write, and so must we."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
+        return re.search(r'name="whetstone-token" content="([^"]+)"', response.read().decode()).group(1)
+
+
+def post(port: int, path: str, body: dict, token: str) -> tuple[dict, float]:
     request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+                                     headers={"Content-Type": "application/json", "X-Whetstone-Token": token},
+                                     method="POST")
     start = time.perf_counter()
     with urllib.request.urlopen(request, timeout=30) as response:
         payload = json.loads(response.read())
@@ -68,6 +75,7 @@ def annotate(port: int, annotator: str, references: dict[str, str], flip: float,
     """Judge every task as `annotator`; returns each POST's round-trip time in seconds."""
     rng = random.Random(seed)
     latencies = []
+    token = page_token(port)
     state = get_state(port, annotator)
     while state["task"] is not None:
         task = state["task"]
@@ -83,7 +91,7 @@ def annotate(port: int, annotator: str, references: dict[str, str], flip: float,
                 "ratings": {side: 1 + round(4 * min(1.0, 2 * s)) for side, s in scores.items()}}
         if len(latencies) % 4 == 0:
             body["ideal"] = reference
-        state, seconds = post(port, "/api/judge", body)
+        state, seconds = post(port, "/api/judge", body, token)
         latencies.append(seconds)
     return latencies
 
@@ -132,7 +140,7 @@ def main() -> int:
 
     # 3. export: pairs for the reward model and DPO, unpaired feedback for KTO, ideal answers for SFT.
     for kind in ("preference", "kto", "sft"):
-        whetstone("label", "export", str(labels), "--as", kind, "-o", str(out / f"{kind}.jsonl"))
+        whetstone("label", "export", str(labels), "--as", kind, "-o", str(out / f"{kind}.jsonl"), "--overwrite")
     whetstone("data", "check", str(out / "preference.jsonl"), "--no-near-dedup")
     if args.stop_after == "export":
         return 0

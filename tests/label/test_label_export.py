@@ -100,6 +100,28 @@ def test_exported_files_pass_data_check_and_errors_are_sentences(log, tmp_path, 
     assert not (tmp_path / "none.jsonl").exists()
 
 
+def test_export_never_writes_over_the_label_log(log, tmp_path, capsys):
+    before = log.read_bytes()
+    with pytest.raises(WhetstoneError, match="is the input file; label export never modifies its input"):
+        export_labels(log, "sft", log, overwrite=True)
+    alias = tmp_path / "same.jsonl"
+    alias.symlink_to(log)  # another name for the same file
+    assert main(["label", "export", str(log), "--as", "sft", "-o", str(alias), "--overwrite"]) == 2
+    assert "is the input file" in capsys.readouterr().err
+    assert log.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp file left
+
+
+def test_export_replaces_an_existing_file_only_with_overwrite(log, tmp_path, capsys):
+    out = tmp_path / "sft.jsonl"
+    out.write_text("my hand-written rows\n")
+    assert main(["label", "export", str(log), "--as", "sft", "-o", str(out)]) == 2
+    assert "sft.jsonl already exists; pass --overwrite" in capsys.readouterr().err
+    assert out.read_text() == "my hand-written rows\n"
+    assert main(["label", "export", str(log), "--as", "sft", "-o", str(out), "--overwrite"]) == 0
+    assert len(_rows(out)) == 2
+
+
 def test_exported_preferences_train_a_reward_model(tmp_path, tiny_model_dir):
     """The loop's point: labels -> export -> `whetstone train` with objective reward."""
     store = LabelStore(read_tasks(write_tasks(tmp_path / "tasks.jsonl", n=24)), tmp_path / "labels.jsonl")

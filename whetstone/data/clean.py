@@ -42,6 +42,7 @@ from whetstone.data.pii import redact
 from whetstone.data.readers import FILE_KINDS, Row
 from whetstone.data.records import Record
 from whetstone.errors import DataError, Problem, WhetstoneError
+from whetstone.overwrite import refuse_existing, refuse_input_as_output
 
 
 @dataclass
@@ -114,15 +115,9 @@ def clean_file(source: str, output: str, options: CleanOptions) -> CleanSummary:
 
 
 def _check_paths(source: str, output: str, overwrite: bool) -> None:
-    if os.path.exists(source) and os.path.exists(output) and os.path.samefile(source, output):
-        raise WhetstoneError(
-            f"the output {output} is the input file; clean never modifies its input, so choose another name."
-        )
+    refuse_input_as_output(source, output, "clean")
     for path in (output, report_path(output)):
-        if os.path.exists(path) and not overwrite:
-            raise WhetstoneError(
-                f"{path} already exists; pass --overwrite to replace it, or choose another output name."
-            )
+        refuse_existing(path, overwrite)
     parent = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(parent):
         raise WhetstoneError(f"the output directory {parent} does not exist; create it first.")

@@ -181,7 +181,7 @@ def run_replay(args: argparse.Namespace) -> int:
         raise WhetstoneError("--request-start steers sampled requests; --requests gives them. Use one of the two.")
     if any(not start.strip() for start in options.starts):
         raise WhetstoneError("--request-start: give words, e.g. --request-start What.")
-    check_output(args.output, options, args.overwrite)
+    check_output(args.output, options, args.overwrite, args.requests)
     requests = read_requests(args.requests) if args.requests else None
     model, tokenizer = load_for_inference(model=args.model)
     report = write_self_replay(model, tokenizer, args.output, options, overwrite=args.overwrite, requests=requests)

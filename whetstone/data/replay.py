@@ -34,6 +34,7 @@ from pathlib import Path
 
 from whetstone.data.render import render_prompt
 from whetstone.errors import WhetstoneError
+from whetstone.overwrite import refuse_existing, refuse_input_as_output
 
 SENTINEL = "\x00whetstone-request\x00"
 
@@ -140,13 +141,13 @@ def answer_requests(model, tokenizer, requests: list[str], options: ReplayOption
     return records
 
 
-def check_output(output: str, options: ReplayOptions, overwrite: bool) -> Path:
+def check_output(output: str, options: ReplayOptions, overwrite: bool, requests: str | None = None) -> Path:
     """Refuse a bad OUT or -n before any model is loaded."""
     path = Path(output)
     if path.suffix != ".jsonl":
         raise WhetstoneError(f"data replay: write to a .jsonl file, got {output}.")
-    if path.exists() and not overwrite:
-        raise WhetstoneError(f"data replay: {output} exists; pass --overwrite to replace it.")
+    refuse_input_as_output(requests, output, "data replay")
+    refuse_existing(output, overwrite)
     if options.n < 1:
         raise WhetstoneError(f"data replay: -n must be at least 1, got {options.n}.")
     return path

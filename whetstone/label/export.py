@@ -31,6 +31,7 @@ from pathlib import Path
 
 from whetstone.errors import WhetstoneError
 from whetstone.label.store import current_judgements, read_events
+from whetstone.overwrite import refuse_existing, refuse_input_as_output
 
 KINDS = {"preference": "preference", "kto": "kto", "sft": "messages"}  # --as -> the data format it writes
 GOOD_RATING, BAD_RATING = 4, 2
@@ -131,7 +132,7 @@ BUILDERS = {"preference": preference_rows, "kto": kto_rows, "sft": sft_rows}
 
 
 def export_labels(labels: str | Path, kind: str, output: str | Path,
-                  annotators: list[str] | None = None) -> ExportResult:
+                  annotators: list[str] | None = None, overwrite: bool = False) -> ExportResult:
     if kind not in BUILDERS:
         raise WhetstoneError(f"--as {kind!r}: choose one of {sorted(BUILDERS)}.")
     output = Path(output)
@@ -139,6 +140,8 @@ def export_labels(labels: str | Path, kind: str, output: str | Path,
         raise WhetstoneError(f"-o {output}: export writes JSON Lines; name the file *.jsonl.")
     if not Path(labels).is_file():
         raise WhetstoneError(f"{labels}: no such label file; `whetstone label serve` writes it.")
+    refuse_input_as_output(labels, output, "label export")  # the label log is the only copy of the judgements
+    refuse_existing(output, overwrite)
     active = current_judgements(read_events(labels))
     if annotators:
         unknown = sorted(set(annotators) - set(active))

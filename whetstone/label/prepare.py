@@ -25,6 +25,7 @@ from pathlib import Path
 
 from whetstone.errors import WhetstoneError
 from whetstone.label.store import Answer, Task, task_to_json
+from whetstone.overwrite import refuse_input_as_output
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,10 @@ def read_prompts(path: str) -> list[tuple[str, tuple[dict, ...]]]:
 
 def prepare(prompts_path: str, output: str | Path, source: Source, against: Source | None = None, n: int = 2,
             limit: int | None = None, seed: int = 0, temperature: float = 0.7, max_new_tokens: int = 128,
-            batch_size: int = 8, overwrite: bool = False, progress: bool = True) -> PrepareResult:
+            batch_size: int = 8, overwrite: bool = False, progress: bool = True, trust_remote_code: bool = False,
+            allow_pickle: bool = False) -> PrepareResult:
     output = Path(output)
+    refuse_input_as_output(prompts_path, output, "label prepare")
     if output.exists() and not overwrite:
         raise WhetstoneError(f"{output} exists; labels refer to its task ids, so it is not replaced. Pass "
                              f"--overwrite, or write to another file.")
@@ -123,7 +126,8 @@ def prepare(prompts_path: str, output: str | Path, source: Source, against: Sour
     try:
         for prefix, side in sides:
             answers[prefix], seeds[prefix] = _sample(side, [p for _, p in prompts], n, seed, temperature,
-                                                     max_new_tokens, batch_size, bar)
+                                                     max_new_tokens, batch_size, bar,
+                                                     trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     finally:
         bar.close()
 
@@ -152,11 +156,13 @@ def prepare(prompts_path: str, output: str | Path, source: Source, against: Sour
 
 
 def _sample(side: Source, prompts: list[tuple[dict, ...]], n: int, seed: int, temperature: float,
-            max_new_tokens: int, batch_size: int, bar) -> tuple[list[list[str]], list[list[int]]]:
+            max_new_tokens: int, batch_size: int, bar, *, trust_remote_code: bool,
+            allow_pickle: bool) -> tuple[list[list[str]], list[list[int]]]:
     """n samples of every prompt from one side, a batch at a time: ([k][i] answers, [k][i] seeds)."""
     from whetstone.models.inference import generate_answers, load_for_inference
 
-    model, tokenizer = load_for_inference(side.model, side.adapter, side.run)
+    model, tokenizer = load_for_inference(side.model, side.adapter, side.run, trust_remote_code=trust_remote_code,
+                                          allow_pickle=allow_pickle)
     texts: list[list[str]] = []
     seeds: list[list[int]] = []
     for k in range(n):
