@@ -133,3 +133,16 @@ def test_chromium_renders_the_charts(chromium, lora_run, tmp_path):
     # Every curve is drawn in its colour: loss, eval loss, lr, grad norm, throughput.
     drawn = {color: count(color) for color in PALETTE[:5]}
     assert all(n > 40 for n in drawn.values()), drawn
+
+
+@pytest.mark.parametrize("config", [None, "- a list, not a mapping\n", "model: [unclosed\n"])
+def test_a_run_without_a_readable_config_still_gets_a_report(tmp_path, config):
+    (tmp_path / "summary.json").write_text(json.dumps({"method": "lora", "train_loss": 1.5}))
+    if config is not None:
+        (tmp_path / "config.yaml").write_text(config)
+    html = write_report(tmp_path).read_text()
+    assert "lora on ? ·" in html  # the model is unknown, not a crash
+    if config is None:
+        assert "This run directory has no config.yaml, so the config it ran with is not known." in html
+    else:
+        assert f"<pre>{config.strip()}" in html.replace("&#x27;", "'")

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from whetstone.report.charts import PALETTE, Series, bar_chart, line_chart
+from whetstone.train.run_dir import read_jsonl  # drops a line cut by a crash, with a warning
 
 # summary.json keys shown in their own sections; the rest goes under "Other results".
 _SHOWN = {"train_loss", "eval_loss", "eval_ppl", "steps", "total_steps", "stopped_early", "tokens",
@@ -55,19 +56,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text()) if path.is_file() else {}
     except json.JSONDecodeError:
         return {}
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash; the rest is still worth showing
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
 
 
 def _bytes(path: Path) -> int:
@@ -288,7 +276,7 @@ def _data(summary: dict) -> str:
 
 
 def _samples(run: Path, summary: dict) -> str:
-    samples = _read_jsonl(run / "samples.jsonl") or summary.get("samples") or []
+    samples = read_jsonl(run / "samples.jsonl") or summary.get("samples") or []
     if isinstance(summary.get("eval"), dict) and not samples:
         samples = summary["eval"].get("samples") or []
     if not samples:
@@ -301,13 +289,14 @@ def build_report(run_dir: str | Path) -> str:
     """The HTML text of a run's report."""
     run = Path(run_dir)
     summary = _read_json(run / "summary.json")
-    rows = _read_jsonl(run / "metrics.jsonl")
-    config_text = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else "(no config.yaml)"
+    rows = read_jsonl(run / "metrics.jsonl")
+    config_text = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else None
     weights = run / "adapter" if (run / "adapter").is_dir() else run / "model"
     try:
-        model = (yaml.safe_load(config_text) or {}).get("model") or {}
+        config = yaml.safe_load(config_text) if config_text else None
     except yaml.YAMLError:
-        model = {}
+        config = None
+    model = (config.get("model") if isinstance(config, dict) else None) or {}  # a cut or hand-edited file: "?"
     model = model.get("name", "?") if isinstance(model, dict) else str(model)
     status = ("stopped early" if summary.get("stopped_early") else "finished") if summary else "running or failed"
     sections = [
@@ -326,7 +315,8 @@ def build_report(run_dir: str | Path) -> str:
     sections += ["<h2>Sample generations</h2>", _samples(run, summary),
                  "<h2>Data</h2>", _data(summary),
                  "<h2>Cost</h2>", _cost(summary, run),
-                 "<h2>Config</h2>", f"<pre>{escape(config_text)}</pre>"]
+                 "<h2>Config</h2>", f"<pre>{escape(config_text)}</pre>" if config_text is not None else
+                 "<p>This run directory has no config.yaml, so the config it ran with is not known.</p>"]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width\"><title>whetstone report: "
             f"{escape(run.resolve().name)}</title><style>{_CSS}</style></head><body><main>"

@@ -8,7 +8,9 @@ A checkpoint is a directory `checkpoints/step-000123/` holding:
     state.json              step, tokens, scheduler, Python and NumPy RNG, data position
 
 It is written to a temporary directory, fsync'd and renamed into place; only then
-is `checkpoints/latest` switched to it. Older checkpoints beyond `keep` are removed.
+is `checkpoints/latest` switched to it (also fsync'd). Older checkpoints beyond `keep` are removed.
+A checkpoint counts only when all four files are there and state.json parses (`is_complete`);
+resume falls back to the newest such one when `latest` is lost or names one that is not.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class TrainState:
     train_seconds: float = 0.0  # time spent in training steps, across resumes
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient (train.skip_nonfinite)
     extra: dict = field(default_factory=dict)
+    fingerprint: dict = field(default_factory=dict)  # the inputs trained on (train/fingerprint.py)
+    accepted_changes: list = field(default_factory=list)  # input changes a resume was told to accept
 
 
 def _fsync_dir(path: Path) -> None:
@@ -111,26 +115,59 @@ def save_checkpoint(directory: Path, model, optimizer, scheduler, state: TrainSt
             f"free some disk space and resume with `whetstone train --resume {directory.parent}`."
         ) from None
     pointer_tmp = directory / ".latest.tmp"
-    pointer_tmp.write_text(name)
+    with open(pointer_tmp, "w") as f:
+        f.write(name)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(pointer_tmp, directory / "latest")
+    _fsync_dir(directory)  # the rename itself: without this a power cut can bring back the old pointer, or none
     _prune(directory, keep)
     return final
 
 
 def _prune(directory: Path, keep: int) -> None:
-    steps = sorted(p for p in directory.glob("step-*") if p.is_dir())
+    steps = step_directories(directory)
     for old in steps[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in directory.glob(".tmp-*"):  # left by a crash mid-write
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def latest_checkpoint(directory: Path) -> Path | None:
-    pointer = directory / "latest"
-    if not pointer.is_file():
+CHECKPOINT_FILES = ("state.json", "trainable.safetensors", "optimizer.pt", "rng.safetensors")
+
+
+def is_complete(path: Path) -> bool:
+    """Whether `path` is a checkpoint resume can load: every file present, state.json readable JSON."""
+    if not all((path / name).is_file() for name in CHECKPOINT_FILES):
+        return False
+    try:
+        payload = json.loads((path / "state.json").read_bytes())
+    except (OSError, ValueError):  # ValueError: bad JSON, or bytes that are not UTF-8 (a NUL-filled file)
+        return False
+    return isinstance(payload, dict) and "train_state" in payload
+
+
+def pointed_checkpoint(directory: Path) -> str | None:
+    """The name `checkpoints/latest` holds, or None when it is missing or unreadable."""
+    try:
+        name = (directory / "latest").read_bytes().decode().strip()
+    except (OSError, ValueError):
         return None
-    path = directory / pointer.read_text().strip()
-    return path if (path / "state.json").is_file() else None
+    return name if name.startswith("step-") and "/" not in name else None
+
+
+def step_directories(directory: Path) -> list[Path]:
+    """The `step-*` directories under `directory`, oldest first (by step number, not name)."""
+    steps = [p for p in directory.glob("step-*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(steps, key=lambda p: int(p.name[5:]))
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    """The complete checkpoint `latest` names; else the newest complete one; None when there is none."""
+    name = pointed_checkpoint(directory)
+    if name is not None and is_complete(directory / name):
+        return directory / name
+    return next((p for p in reversed(step_directories(directory)) if is_complete(p)), None)
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler, restore=None) -> TrainState:

@@ -36,8 +36,9 @@ from whetstone.methods.lora import interpolate_toward_base
 from whetstone.models import load_model, load_tokenizer
 from whetstone.objectives import objective_for
 from whetstone.train import distributed
-from whetstone.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from whetstone.train.checkpoint import TrainState, save_checkpoint
 from whetstone.train.device import autocast_context, resolve_device
+from whetstone.train.resume import starting_point
 from whetstone.train.run_dir import RunDirectory
 
 StepCallback = Callable[[int, dict], bool]  # (step, metrics row) -> True to stop after this step
@@ -146,21 +147,32 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     on_step: StepCallback | None = None,
+    accept_changes: bool = False,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
 ) -> dict:
-    """Run (or resume) one training run; return the summary that is also written to summary.json."""
+    """Run (or resume) one training run; return the summary that is also written to summary.json.
+
+    `accept_changes`: resume even though the data, base model or batch-shaping config changed (train/resume.py).
+    `trust_remote_code`, `allow_pickle`: what a resumed run's model may do. The run's own config.yaml asking is
+    not enough (models/load.py run_model_config); a new run's config is the caller's own and says it there.
+    """
     from whetstone.train.online import is_online, train_online  # ppo and grpo generate their data: their own loop
 
+    grants = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
     if is_online(config, run_dir, resume):
-        return train_online(config, run_dir, resume=resume, overwrite=overwrite, progress=progress, on_step=on_step)
+        return train_online(config, run_dir, resume=resume, overwrite=overwrite, progress=progress, on_step=on_step,
+                            accept_changes=accept_changes, **grants)
     from whetstone.train.stages import is_pipeline, run_pipeline  # a config with stages: one run per stage
 
     if is_pipeline(config, run_dir, resume):
-        return run_pipeline(config, run_dir, resume=resume, overwrite=overwrite, progress=progress, on_step=on_step)
+        return run_pipeline(config, run_dir, resume=resume, overwrite=overwrite, progress=progress, on_step=on_step,
+                            accept_changes=accept_changes, **grants)
     t_start = time.perf_counter()
 
     # ---- setup -----------------------------------------------------------------
     if resume:
-        run, config = RunDirectory.open(run_dir)
+        run, config = RunDirectory.open(run_dir, **grants)
     else:
         target = run_dir or config.output
         if target is None:
@@ -180,6 +192,7 @@ def train(
     train_set = objective.prepare(train_records, tokenizer, config.data, data_stats)
     eval_set = objective.prepare(eval_records, tokenizer, config.data, None) if eval_records else None
     summarize_preparation(data_stats, config.data)
+    start = starting_point(run, config, resume, accept_changes)  # a resume that cannot go on stops here
     if len(train_set.examples) == 0:
         raise WhetstoneError(
             f"data.train: no usable training examples ({data_stats.records} records read, "
@@ -216,14 +229,11 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, plan.total_steps, warmup_steps, cfg.schedule)
     )
-    state = TrainState()
-    if resume:
-        checkpoint = latest_checkpoint(run.checkpoints)
-        if checkpoint is not None:
-            state = load_checkpoint(checkpoint, model, optimizer, scheduler, restore=runner.restore(optimizer))
-            _say(f"resumed from {checkpoint} at step {state.step} of {plan.total_steps}")
-        if distributed.is_main():  # the only writer: another rank reading mid-rewrite would keep nothing
-            run.truncate_metrics(state.step)
+    state = start.restore(model, optimizer, scheduler, restore=runner.restore(optimizer))
+    if start.checkpoint is not None:
+        _say(f"resumed from {start.checkpoint} at step {state.step} of {plan.total_steps}")
+    if resume and distributed.is_main():  # the only writer: another rank reading mid-rewrite would keep nothing
+        run.truncate_metrics(state.step)
     pad_id = tokenizer.pad_token_id
 
     # ---- fit -------------------------------------------------------------------
@@ -429,6 +439,7 @@ def _summary(config: RunConfig, run: RunDirectory, state: TrainState, plan: Step
         "tokens": state.tokens,
         "supervised_tokens": state.supervised_tokens,
         "skipped_steps": state.skipped_steps,
+        "accepted_changes": state.accepted_changes,  # what --accept-changes let a resume continue on
         "tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 2),
         "train_s": round(state.train_seconds, 3),
         "wall_s": round(time.perf_counter() - t_start, 3),

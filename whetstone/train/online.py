@@ -42,7 +42,7 @@ from whetstone.methods.lora import interpolate_toward_base
 from whetstone.models import load_model, load_tokenizer
 from whetstone.models.forward import unwrap
 from whetstone.train import distributed
-from whetstone.train.checkpoint import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from whetstone.train.checkpoint import save_checkpoint
 from whetstone.train.device import autocast_context, resolve_device
 from whetstone.train.loop import (
     StepCallback,
@@ -54,6 +54,7 @@ from whetstone.train.loop import (
     peak_memory_mb,
 )
 from whetstone.train.rewards import Reward, load_rewards, score_completions
+from whetstone.train.resume import starting_point
 from whetstone.train.run_dir import RunDirectory
 
 
@@ -287,13 +288,17 @@ class AdaptiveKL:
 
 
 def train_online(config: RunConfig | None, run_dir=None, *, resume: bool = False, overwrite: bool = False,
-                 progress: bool = True, on_step: StepCallback | None = None) -> dict:
-    """Run (or resume) a ppo or grpo run; return the summary that is also written to summary.json."""
+                 progress: bool = True, on_step: StepCallback | None = None, accept_changes: bool = False,
+                 trust_remote_code: bool = False, allow_pickle: bool = False) -> dict:
+    """Run (or resume) a ppo or grpo run; return the summary that is also written to summary.json.
+
+    The grants are what a resumed run's model may do, as in `train`.
+    """
     t_start = time.perf_counter()
 
     # ---- setup -----------------------------------------------------------------
     if resume:
-        run, config = RunDirectory.open(run_dir)
+        run, config = RunDirectory.open(run_dir, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     else:
         target = run_dir or config.output
         if target is None:
@@ -317,6 +322,7 @@ def train_online(config: RunConfig | None, run_dir=None, *, resume: bool = False
                              f"tokens; raise data.max_length or lower objective.max_new_tokens.")
     print(f"data: {len(prompts)} training prompts ({dropped} longer than {max_prompt} tokens dropped), "
           f"{len(eval_prompts)} eval prompts", flush=True)
+    start = starting_point(run, config, resume, accept_changes)  # a resume that cannot go on stops here
 
     model, resolved = load_model(config.model, device=device)
     model = apply_method(model, config.method)
@@ -338,7 +344,10 @@ def train_online(config: RunConfig | None, run_dir=None, *, resume: bool = False
     trainable, total = count_parameters(model)
     print(f"model: {config.model.name} on {device.type}; method {config.method.name}: "
           f"{trainable:,} of {total:,} parameters train ({100 * trainable / total:.2f}%)", flush=True)
-    rewards = load_rewards(obj.reward, device)
+    # The config is the user's own (a resumed one was checked against this command's flags when it opened),
+    # so its model grants extend to the reward runs it names; their own config.yaml grants nothing.
+    rewards = load_rewards(obj.reward, device, trust_remote_code=config.model.trust_remote_code,
+                           allow_pickle=config.model.allow_pickle)
 
     group = obj.num_generations if not is_ppo else 1
     rounds_per_epoch = math.ceil(len(prompts) / obj.rollout_batch_size)
@@ -352,13 +361,11 @@ def train_online(config: RunConfig | None, run_dir=None, *, resume: bool = False
         optimizer, lambda s: lr_multiplier(s, total_steps, warmup_steps, cfg.schedule)
     )
     kl_ctl = AdaptiveKL(obj.kl_coef, obj.kl_target, obj.kl_horizon)
-    state = TrainState()
+    state = start.restore(model, optimizer, scheduler)
+    if start.checkpoint is not None:
+        kl_ctl.value = state.extra.get("kl_coef", kl_ctl.value)
+        print(f"resumed from {start.checkpoint} at round {state.step} of {total_rounds}", flush=True)
     if resume:
-        checkpoint = latest_checkpoint(run.checkpoints)
-        if checkpoint is not None:
-            state = load_checkpoint(checkpoint, model, optimizer, scheduler)
-            kl_ctl.value = state.extra.get("kl_coef", kl_ctl.value)
-            print(f"resumed from {checkpoint} at round {state.step} of {total_rounds}", flush=True)
         run.truncate_metrics(state.step)
     model.eval()  # see the module docstring: no dropout, in rollouts and updates alike
 
@@ -460,6 +467,7 @@ def train_online(config: RunConfig | None, run_dir=None, *, resume: bool = False
         "rounds": state.step,
         "total_rounds": total_rounds,
         "stopped_early": stopped_early,
+        "accepted_changes": state.accepted_changes,  # what --accept-changes let a resume continue on
         "tokens": state.tokens,
         "tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 2),
         "train_s": round(state.train_seconds, 3),

@@ -48,9 +48,11 @@ from pathlib import Path
 
 import torch
 
-from whetstone.config import ModelConfig, RunConfig, config_from_dict, dump_config, read_yaml
+from whetstone.config import ModelConfig, RunConfig, read_yaml
 from whetstone.errors import WhetstoneError
 from whetstone.train import distributed
+from whetstone.train.fingerprint import data_files, file_sha256
+from whetstone.train.run_dir import RunDirectory, create_run_directory
 
 ADAPTER_METHODS = ("lora", "dora", "qlora")
 
@@ -86,17 +88,22 @@ def stage_config(config: RunConfig, index: int, start: Start) -> RunConfig:
 
 
 def run_pipeline(config: RunConfig | None, run_dir, *, resume: bool = False, overwrite: bool = False,
-                 progress: bool = True, on_step=None) -> dict:
-    """Run (or resume) every stage in order; return the pipeline summary (also RUN/summary.json)."""
+                 progress: bool = True, on_step=None, accept_changes: bool = False, trust_remote_code: bool = False,
+                 allow_pickle: bool = False) -> dict:
+    """Run (or resume) every stage in order; return the pipeline summary (also RUN/summary.json).
+
+    The grants are what a resumed pipeline's model may do, as in `train`.
+    """
     from whetstone.train.loop import train  # the loop dispatches pipelines here: import it late
 
     if distributed.world()[1] > 1:
         raise WhetstoneError("stages: a pipeline runs in one process; launch it without torchrun/accelerate, or "
                              "run each stage as its own distributed run.")
     t_start = time.perf_counter()
+    grants = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
     if resume:
         path = Path(run_dir)
-        config = config_from_dict(read_yaml(path / "config.yaml"), str(path / "config.yaml"))
+        _, config = RunDirectory.open(path, **grants)
     else:
         path = _create(run_dir or config.output, config, overwrite)
     table = _read_table(path, config)
@@ -109,7 +116,8 @@ def run_pipeline(config: RunConfig | None, run_dir, *, resume: bool = False, ove
         summary = _read_summary(directory)
         if summary is None or summary.get("stopped_early"):
             if (directory / "config.yaml").is_file():
-                summary = train(None, directory, resume=True, progress=progress, on_step=on_step)
+                summary = train(None, directory, resume=True, progress=progress, on_step=on_step,
+                                accept_changes=accept_changes, **grants)
             else:
                 summary = train(cfg, directory, progress=progress, on_step=on_step)
         stages.append({"stage": index, "name": stage.name, "dir": str(directory), "steps": summary.get("steps"),
@@ -136,21 +144,10 @@ def run_pipeline(config: RunConfig | None, run_dir, *, resume: bool = False, ove
 
 
 def _create(target, config: RunConfig, overwrite: bool) -> Path:
-    """The pipeline directory, with the same rules as a single run's (see RunDirectory.create)."""
+    """The pipeline directory, with the same rules as a single run's (see create_run_directory)."""
     if target is None:
         raise WhetstoneError("no run directory: pass -o DIR or set output: in the config.")
-    path = Path(target)
-    if path.exists() and any(path.iterdir()):
-        if not overwrite:
-            raise WhetstoneError(f"run directory {path} already exists. Pass --overwrite to replace it, "
-                                 f"--resume {path} to continue it, or choose another -o.")
-        if not (path / "config.yaml").is_file():
-            raise WhetstoneError(f"--overwrite refused: {path} is not a whetstone run directory (no config.yaml), "
-                                 f"so it is not deleted. Choose an empty or new directory.")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.yaml").write_text(dump_config(config))
-    return path
+    return create_run_directory(target, config, overwrite)
 
 
 def _read_summary(directory: Path) -> dict | None:
@@ -218,25 +215,8 @@ def files_sha256(directory: Path) -> str:
     return tensors_sha256(tensors)
 
 
-def _file_sha256(path: str) -> str | None:
-    if not Path(path).is_file():
-        return None  # a hub dataset name: no local bytes to hash
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_lineage(directory: Path, config: RunConfig, cfg: RunConfig, index: int, parent: str | None,
                    output_hash: str) -> None:
-    data = cfg.data
-    sources = [] if isinstance(data.train, str) else data.train
-    files = [("train", data.train, None, 1.0)] if isinstance(data.train, str) else []
-    files += [("train", s.path, s.task, s.weight) for s in sources]
-    files += [("eval", s.eval, s.task, None) for s in sources if s.eval]
-    files += [("eval", data.eval, None, None)] if data.eval else []
-    files += [("replay", path, "replay", data.replay.fraction) for path in (data.replay.paths if data.replay else [])]
     parent_lineage = directory.parent / parent / "lineage.json" if parent else None
     lineage = {
         "pipeline": str(directory.parent.parent.resolve()),
@@ -249,8 +229,8 @@ def _write_lineage(directory: Path, config: RunConfig, cfg: RunConfig, index: in
         "frozen_adapters": list(cfg.method.base_adapters),
         "method": config.method.name,
         "stages_adapters": config.stages_adapters,
-        "data": [{"role": role, "path": path, "task": task, "weight": weight, "sha256": _file_sha256(path)}
-                 for role, path, task, weight in files],
+        "data": [{"role": role, "path": path, "task": task, "weight": weight, "sha256": file_sha256(path)}
+                 for role, path, task, weight in data_files(cfg.data)],
         "start_weights_sha256": (json.loads(parent_lineage.read_text())["output_weights_sha256"]
                                  if parent_lineage else None),
         "output_weights_sha256": output_hash,
