@@ -61,8 +61,9 @@ def test_run_directory_contract(tmp_path, tiny_model_dir, qa_file):
     eval_file = qa_file  # any file works as eval here
     config = tiny_config(tiny_model_dir, qa_file, "train.max_steps=3", f"data.eval={eval_file}", "eval.every=2")
     summary = train(config, run, progress=False)
-    assert sorted(p.name for p in run.iterdir()) == ["adapter", "checkpoints", "config.yaml", "metrics.jsonl",
-                                                     "report.html", "summary.json"]
+    assert sorted(p.name for p in run.iterdir()) == [".whetstone-run", "adapter", "checkpoints", "config.yaml",
+                                                     "metrics.jsonl", "report.html", "summary.json"]
+    assert json.loads((run / ".whetstone-run").read_text())["kind"] == "run directory"  # what --overwrite checks
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     for row in rows:

@@ -16,10 +16,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config or args.set:
             raise WhetstoneError("--resume continues a run with its own config.yaml; do not pass a config or --set.")
-        summary = train(None, args.resume, resume=True, progress=not args.quiet)
+        # The run's config.yaml is not this command: its remote code or pickle weights need this command's flags.
+        summary = train(None, args.resume, resume=True, progress=not args.quiet, accept_changes=args.accept_changes,
+                        **grants(args))
     else:
+        if args.accept_changes:
+            raise WhetstoneError("--accept-changes applies to --resume RUN_DIR only; a new run has nothing to compare.")
         # Without a file the defaults apply, so `--set` alone can describe a run.
-        config = load_config(args.config, args.set + (["model.allow_pickle=true"] if args.allow_pickle else []))
+        granted = [f"model.{key}=true" for key, on in grants(args).items() if on]
+        config = load_config(args.config, args.set + granted)
         summary = train(config, args.output, overwrite=args.overwrite, progress=not args.quiet)
     return 0 if not summary.get("stopped_early") else 130
 
@@ -27,7 +32,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from whetstone.models.inference import generate_answers, load_for_inference
 
-    model, tokenizer = load_for_inference(args.model, args.adapter, args.run)
+    model, tokenizer = load_for_inference(args.model, args.adapter, args.run, **grants(args))
     messages = [{"role": "user", "content": args.prompt}]
     if args.system:
         messages.insert(0, {"role": "system", "content": args.system})
@@ -39,7 +44,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 def _cmd_chat(args: argparse.Namespace) -> int:
     from whetstone.models.inference import generate_answers, load_for_inference
 
-    model, tokenizer = load_for_inference(args.model, args.adapter, args.run)
+    model, tokenizer = load_for_inference(args.model, args.adapter, args.run, **grants(args))
     history: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
     print("Chatting; an empty line or Ctrl-D ends. /reset clears the history.", file=sys.stderr)
     while True:
@@ -59,6 +64,18 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         print(f"model> {answer}")
 
 
+def add_grant_args(p: argparse.ArgumentParser) -> None:
+    """--trust-remote-code and --allow-pickle: powers only the command line grants, never a run directory."""
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run Python code shipped with the model (a run's config.yaml asking for it is not enough)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="accept pickle (.bin/.pt) weights; they are still loaded with weights_only=True")
+
+
+def grants(args: argparse.Namespace) -> dict[str, bool]:
+    return {"trust_remote_code": args.trust_remote_code, "allow_pickle": args.allow_pickle}
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="base model (default: the embedded smollm2-135m-instruct)")
     p.add_argument("--adapter", default=None, help="a PEFT adapter directory, a run directory, or a name in the adapter library")
@@ -67,6 +84,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     p.add_argument("--seed", type=int, default=0)
+    add_grant_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,9 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None, help="run directory (overrides output: in the config)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a stopped run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--accept-changes", action="store_true",
+                   help="with --resume: continue although the data, base model or batch config changed (recorded)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="accept pickle (.bin/.pt) base weights; they are still loaded with weights_only=True")
+    add_grant_args(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("generate", help="answer one prompt")

@@ -951,6 +951,15 @@ def config_from_dict(raw: dict, source: str = "config") -> RunConfig:
     return config
 
 
+def model_config_from_dict(raw: dict, source: str = "config") -> ModelConfig:
+    """A `model:` section alone, typed and checked as in a whole config (a run's config.yaml read for its model)."""
+    problems: list[str] = []
+    model = _build(ModelConfig, raw, "model", problems)
+    if problems:
+        raise ConfigError(problems, source)
+    return model
+
+
 def load_config(path: str | Path | None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
     """Read a YAML config (or start from `base`), apply `--set` overrides, and type-check it."""
     raw = read_yaml(path) if path is not None else dict(base or {})

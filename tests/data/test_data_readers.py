@@ -89,6 +89,55 @@ def test_a_file_that_is_not_gzip_is_a_clean_error(write):
         list(iter_rows(path))
 
 
+def test_a_line_past_the_record_limit_stops_with_the_file_line_and_knob(write, monkeypatch):
+    monkeypatch.setenv("WHETSTONE_MAX_RECORD_BYTES", "100")
+    at_limit = json.dumps({"text": "a" * 86}).encode() + b"\n"  # exactly 100 bytes with its newline
+    path = write("d.jsonl", at_limit + json.dumps({"text": "b" * 5000}).encode() + b"\n")
+    items = iter_rows(path)
+    assert next(items) == Row(f"{path}:1", 1, {"text": "a" * 86})
+    with pytest.raises(WhetstoneError, match=r"d\.jsonl:2: the record is longer than 100 bytes.*"
+                                             r"WHETSTONE_MAX_RECORD_BYTES=400"):
+        next(items)
+
+
+def test_a_csv_line_past_the_record_limit_is_an_error_not_a_read(write, monkeypatch):
+    monkeypatch.setenv("WHETSTONE_MAX_RECORD_BYTES", "64")
+    path = write("d.csv", "text,label\nshort,a\n" + "x" * 10_000 + ",b\n")
+    with pytest.raises(WhetstoneError, match=r"d\.csv:3: the record is longer than 64 bytes"):
+        list(iter_rows(path))
+
+
+def test_a_json_array_element_past_the_record_limit_names_its_line(write, monkeypatch):
+    monkeypatch.setenv("WHETSTONE_MAX_RECORD_BYTES", "50")
+    path = write("d.json", '[\n  {"text": "a"},\n  {"text": "' + "b" * 200 + '"}\n]')
+    with pytest.raises(WhetstoneError, match=r"d\.json:3 \(array element 2\): the record is longer than 50 bytes"):
+        list(iter_rows(path))
+
+
+@pytest.mark.parametrize("name", ["bomb.jsonl.gz", "bomb.json.gz", "bomb.csv.gz", "bomb.parquet.gz"])
+def test_a_gzip_bomb_ends_in_a_sentence(tmp_path, monkeypatch, name):
+    monkeypatch.setenv("WHETSTONE_MAX_GZIP_RATIO", "10")
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(b"[" + b" " * 1_000_000))  # ~1 KiB that inflates a thousandfold
+    with pytest.raises(WhetstoneError, match=rf"{name}: the file inflates to more than \d+ bytes, over 10 times its "
+                                             r"compressed size.*WHETSTONE_MAX_GZIP_RATIO=100"):
+        list(iter_rows(str(path)))
+
+
+def test_a_gzip_within_the_ratio_reads_whole(tmp_path, monkeypatch):
+    monkeypatch.setenv("WHETSTONE_MAX_GZIP_RATIO", "10")
+    rows = [{"text": f"row {i} has its own words {i * 7919 % 1000}"} for i in range(50)]
+    path = write_rows(tmp_path / "d.jsonl.gz", rows)
+    assert [item.data for item in iter_rows(str(path))] == rows
+
+
+def test_a_limit_that_is_not_a_number_is_a_sentence(write, monkeypatch):
+    monkeypatch.setenv("WHETSTONE_MAX_RECORD_BYTES", "64MB")
+    path = write("d.jsonl", '{"text": "a"}\n')
+    with pytest.raises(WhetstoneError, match=r"\$WHETSTONE_MAX_RECORD_BYTES is '64MB'; give a positive whole number"):
+        list(iter_rows(path))
+
+
 def test_json_array_syntax_error_names_the_element_and_line(write):
     path = write("d.json", '[\n  {"text": "a"},\n  {"text": "b",}\n]')
     items = iter_rows(path)

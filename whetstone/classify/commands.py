@@ -22,6 +22,8 @@ from whetstone.errors import WhetstoneError
 
 
 def add_parsers(subparsers) -> None:
+    from whetstone.cli import add_grant_args
+
     p = subparsers.add_parser(
         "predict", help="predict a label (with probabilities) for each record, by a classify head or label likelihood",
         description="Predict the label of every record of FILE. One predictor writes JSONL rows (to -o or stdout) and "
@@ -34,12 +36,14 @@ def add_parsers(subparsers) -> None:
                    help="also score a plain model (e.g. the base, zero-shot) by label likelihood")
     p.add_argument("--data", required=True, metavar="FILE", help="classification records (text, label) or text records")
     p.add_argument("-o", "--output", default=None, metavar="OUT.jsonl", help="write the predictions here")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.jsonl (never the --data file)")
     p.add_argument("--labels", nargs="+", default=None, metavar="L",
                    help="the classes for label likelihood (default: the labels found in the data)")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="the first N records only")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    add_grant_args(p)
     p.set_defaults(func=run_predict)
 
 
@@ -57,7 +61,9 @@ def _records(path: str, limit: int | None):
 def run_predict(args: argparse.Namespace) -> int:
     from whetstone.classify.metrics import classification_report, render_report
     from whetstone.classify.predict import load_predictor
+    from whetstone.cli import grants
     from whetstone.data.formats import label_set
+    from whetstone.overwrite import refuse_existing, refuse_input_as_output
     from whetstone.train.device import resolve_device
 
     for name in ("limit", "batch_size"):
@@ -71,6 +77,9 @@ def run_predict(args: argparse.Namespace) -> int:
     if args.output and len(names) > 1:
         raise WhetstoneError("-o writes one predictor's predictions; with several --run/--model they are compared, "
                              "so drop -o or pass one predictor.")
+    if args.output:  # before any model loads
+        refuse_input_as_output(args.data, args.output, "predict")
+        refuse_existing(args.output, args.overwrite)
     records = _records(args.data, args.limit)
     golds = [str(r.label) if r.label is not None else None for r in records]
     labelled = all(g is not None for g in golds)
@@ -81,7 +90,7 @@ def run_predict(args: argparse.Namespace) -> int:
     for i, name in enumerate(names):
         is_run = i < len(args.run)
         predictor = load_predictor(name if is_run else None, None if is_run else name, args.labels,
-                                   label_set(records), device)
+                                   label_set(records), device, **grants(args))
         start = time.perf_counter()
         predictions = predictor.predict(texts, args.batch_size)
         seconds = time.perf_counter() - start

@@ -100,11 +100,17 @@ def _prediction(labels: list[str], probabilities: list[float]) -> Prediction:
 # Loading.
 
 
-def run_config(run: str | Path) -> RunConfig:
+def run_config(run: str | Path, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> RunConfig:
+    """A run's config, whose model gets only the powers granted here (see run_model_config)."""
+    from whetstone.models.load import run_model_config
+
     path = Path(run)
     if not (path / "config.yaml").is_file():
         raise WhetstoneError(f"--run {run}: not a run directory (no config.yaml in it).")
-    return config_from_dict(read_yaml(path / "config.yaml"), str(path / "config.yaml"))
+    config = config_from_dict(read_yaml(path / "config.yaml"), str(path / "config.yaml"))
+    config.model = run_model_config(config.model, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                                    source=path / "config.yaml")
+    return config
 
 
 def write_labels(run: str | Path, labels: list[str]) -> None:
@@ -119,13 +125,14 @@ def read_labels(run: str | Path) -> list[str]:
     return list(json.loads(path.read_text())["labels"])
 
 
-def load_head_classifier(run: str | Path, device: torch.device | str = "cpu") -> HeadClassifier:
+def load_head_classifier(run: str | Path, device: torch.device | str = "cpu", *, trust_remote_code: bool = False,
+                         allow_pickle: bool = False) -> HeadClassifier:
     """The classifier of a finished `objective: classify` run: base + adapter + head, or model/ + head."""
     from whetstone.models import load_tokenizer
     from whetstone.models.headed import load_headed_run
 
     path = Path(run)
-    config = run_config(path)
+    config = run_config(path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     labels = read_labels(path)
     tokenizer = load_tokenizer(config.model, config.data.chat_template)
     model = load_headed_run(path, config, lambda m: attach_classifier(m, labels), HEAD_NAME, f"--run {run}", device)
@@ -133,16 +140,19 @@ def load_head_classifier(run: str | Path, device: torch.device | str = "cpu") ->
 
 
 def load_predictor(run: str | None, model: str | None, labels: list[str] | None, data_labels: list[str] = (),
-                   device: torch.device | str = "cpu") -> HeadClassifier | GenerativeClassifier:
+                   device: torch.device | str = "cpu", *, trust_remote_code: bool = False,
+                   allow_pickle: bool = False) -> HeadClassifier | GenerativeClassifier:
     """A classify run's head; or, for any other run or a plain model, label likelihood over `labels`.
 
     `labels` are the ones the user gave (a head must agree with them); `data_labels`, those found in the
-    data, are the default classes for label likelihood.
+    data, are the default classes for label likelihood. The grants are what the model may do (run_model_config).
     """
     from whetstone.models.inference import load_for_inference
 
-    if run is not None and run_config(run).objective.name == "classify":
-        classifier = load_head_classifier(run, device)
+    grants = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
+    config = run_config(run, **grants) if run is not None else None
+    if config is not None and config.objective.name == "classify":
+        classifier = load_head_classifier(run, device, **grants)
         if labels is not None and labels != classifier.labels:
             raise WhetstoneError(f"--labels {' '.join(labels)}: the run's head predicts {', '.join(classifier.labels)} "
                                  f"(in that order); leave --labels out for a classify run.")
@@ -153,6 +163,6 @@ def load_predictor(run: str | None, model: str | None, labels: list[str] | None,
             f"{run or model or 'the base model'} has no classification head, so it is scored by label likelihood, "
             f"which needs at least two labels: pass --labels, or give data whose records carry labels."
         )
-    lm, tokenizer = load_for_inference(model, None, run, device=str(device))
-    max_length = run_config(run).data.max_length if run is not None else 1024
+    lm, tokenizer = load_for_inference(model, None, run, device=str(device), **grants)
+    max_length = config.data.max_length if config is not None else 1024
     return GenerativeClassifier(lm, tokenizer, list(labels), max_length)

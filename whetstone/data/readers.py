@@ -13,6 +13,12 @@ Origins are what the user needs to find the row: ``"path:LINE"`` (1-based
 physical line; for CSV the line where the row starts), ``"path:item N"`` for
 the N-th element of a JSON array, ``"path:row N"`` for Parquet, and
 ``"hf:NAME:SPLIT:row N"`` for Hugging Face datasets.
+
+Two limits keep a hostile or broken file from exhausting memory, and each ends in
+a sentence naming the file: one line or JSON-array element may hold at most
+``$WHETSTONE_MAX_RECORD_BYTES`` bytes (64 MiB), and a ``.gz`` may inflate to at
+most ``$WHETSTONE_MAX_GZIP_RATIO`` times its compressed size (100: text compresses
+3-10x, a gzip bomb about 1000x).
 """
 
 from __future__ import annotations
@@ -52,6 +58,9 @@ _CSV_FIELD_LIMIT = 32 * 1024 * 1024
 _HF_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 _HUB_TIMEOUT_S = 3.0
+
+_MAX_RECORD_BYTES = 64 * 1024 * 1024
+_MAX_GZIP_RATIO = 100
 
 
 @dataclass(frozen=True)
@@ -124,10 +133,59 @@ def _extensions() -> str:
     return ", ".join(sorted(FILE_KINDS)) + " (optionally .gz)"
 
 
+def _limit(variable: str, default: int) -> int:
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise WhetstoneError(f"${variable} is {value!r}; give a positive whole number, or unset it for {default}.")
+    return int(value)
+
+
+def max_record_bytes() -> int:
+    """The most bytes one line or JSON-array element may hold ($WHETSTONE_MAX_RECORD_BYTES)."""
+    return _limit("WHETSTONE_MAX_RECORD_BYTES", _MAX_RECORD_BYTES)
+
+
+def _record_too_long(where: str, limit: int) -> WhetstoneError:
+    return WhetstoneError(
+        f"{where}: the record is longer than {limit} bytes, so it is not read into memory; if it is meant to be "
+        f"that long, raise the limit with WHETSTONE_MAX_RECORD_BYTES={limit * 4}."
+    )
+
+
+class _BoundedInflate(io.RawIOBase):
+    """A gzip stream that stops with an error past `ratio` times its compressed size: a gzip bomb cannot fill memory."""
+
+    def __init__(self, path: str):
+        self._ratio = _limit("WHETSTONE_MAX_GZIP_RATIO", _MAX_GZIP_RATIO)
+        self._limit = self._ratio * max(os.path.getsize(path), 1)
+        self._inner = gzip.open(path, "rb")
+        self._path, self._total = path, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self._inner.readinto(buffer)
+        self._total += n
+        if self._total > self._limit:
+            raise WhetstoneError(
+                f"{self._path}: the file inflates to more than {self._limit} bytes, over {self._ratio} times its "
+                f"compressed size, which is what a gzip bomb does; if you trust the file, raise the limit with "
+                f"WHETSTONE_MAX_GZIP_RATIO={self._ratio * 10}."
+            )
+        return n
+
+    def close(self) -> None:
+        self._inner.close()
+        super().close()
+
+
 def _open_binary(source: Source) -> BinaryIO:
     try:
         if source.compressed:
-            return gzip.open(source.path, "rb")  # type: ignore[return-value]
+            return io.BufferedReader(_BoundedInflate(source.path))  # type: ignore[return-value]
         return open(source.path, "rb")
     except OSError as exc:
         raise WhetstoneError(f"cannot open {source.path}: {exc.strerror or exc}.") from exc
@@ -140,9 +198,14 @@ def _lines(source: Source) -> Iterator[tuple[int, bytes]]:
     than its own line, and keeps Unicode line separators inside JSON strings.
     """
     number = 0
+    limit = max_record_bytes()
     with _open_binary(source) as handle:
         try:
-            for number, line in enumerate(handle, start=1):
+            # readline(limit + 1) never holds more than the limit, however long the line really is.
+            while line := handle.readline(limit + 1):
+                number += 1
+                if len(line) > limit:
+                    raise _record_too_long(f"{source.path}:{number}", limit)
                 yield number, line
         except (EOFError, OSError, zlib.error) as exc:
             # gzip raises these when the stream is cut short or corrupt; every
@@ -235,6 +298,7 @@ def _skip_space(text: str, pos: int) -> int:
 
 def _parse_json_array(text: str, path: str) -> Iterator[Item]:
     decoder = json.JSONDecoder()
+    limit = max_record_bytes()
     pos = _skip_space(text, 0) + 1  # just after "["
     item = 0
     while True:
@@ -249,12 +313,15 @@ def _parse_json_array(text: str, path: str) -> Iterator[Item]:
             if not text.startswith(",", pos):
                 _array_error(path, text, pos, item, "expected ',' or ']' before it")
             pos = _skip_space(text, pos + 1)
+        start = pos
         try:
             value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             _array_error(path, text, exc.pos, item, exc.msg)
         except RecursionError:
             _array_error(path, text, pos, item, "nested too deeply")
+        if pos - start > limit:  # characters, not bytes: the text is decoded already, and it is close enough
+            raise _record_too_long(f"{path}:{text.count(chr(10), 0, start) + 1} (array element {item})", limit)
         origin = f"{path}:item {item}"
         if isinstance(value, dict):
             yield Row(origin, item, value)

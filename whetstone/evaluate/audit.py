@@ -204,16 +204,19 @@ def run_canaries(run: str | Path, count: int, seed: int) -> list[Canary]:
 
 
 def audit_run(run: str, n: int = 200, threshold: float = 0.8, alternatives: int = 1000, max_new_tokens: int = 128,
-              batch_size: int = 16, seed: int = 0, data: str | None = None, device: str = "cpu") -> AuditReport:
+              batch_size: int = 16, seed: int = 0, data: str | None = None, device: str = "cpu", *,
+              trust_remote_code: bool = False, allow_pickle: bool = False) -> AuditReport:
+    """Extraction and canary exposure of `run` against its base; the grants are what its model may do."""
     if n < 1:
         raise WhetstoneError(f"--n: got {n}; give the number of training prompts to try, e.g. 200.")
     if not 0.0 < threshold <= 1.0:
         raise WhetstoneError(f"--threshold: got {threshold}; near-verbatim similarity is in (0, 1], e.g. 0.8.")
-    _, config = RunDirectory.open(run)
+    grants = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
+    _, config = RunDirectory.open(run, **grants)
     data_cfg = dataclasses.replace(config.data, canaries=0, train=data or config.data.train)
     records, _, _ = load_splits(data_cfg, config.train.seed)
     probes = extraction_probes(records, n, seed)
-    pair = ModelPair.load(None, None, run, device)
+    pair = ModelPair.load(None, None, run, device, **grants)
     canaries = run_canaries(run, config.data.canaries, config.train.seed) if config.data.canaries else []
     kind = records[0].kind
     extraction, exposures = {}, {}

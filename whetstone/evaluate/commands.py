@@ -10,9 +10,11 @@ import argparse
 import json
 from pathlib import Path
 
+from whetstone.cli import add_grant_args, grants
 from whetstone.config import EVAL_METRICS, read_yaml
 from whetstone.errors import WhetstoneError
 from whetstone.evaluate.fewshot import SELECTIONS
+from whetstone.overwrite import refuse_existing, refuse_input_as_output
 
 DEFAULT_SHOTS = 3  # the ladder's K when --shots is not given
 
@@ -46,6 +48,7 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--no-base", action="store_true", help="with --knowledge: skip the base model (no style gain)")
     p.add_argument("--max-length", type=int, default=1024, metavar="N", help="tokens per example for the loss")
     p.add_argument("--answers", metavar="FILE", help="write each record's answer and reference to FILE (JSONL)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --answers FILE (never an input)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run_eval)
 
@@ -65,6 +68,7 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--strict", action="store_true", help="exit 1 when the tuned model memorizes")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_grant_args(p)
     p.set_defaults(func=run_audit)
 
     p = subparsers.add_parser("compare", help="base and tuned answers side by side, scored per example")
@@ -93,6 +97,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="prompts generated together (default 16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    add_grant_args(p)
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -157,7 +162,8 @@ def run_eval(args: argparse.Namespace) -> int:
     shots_k = args.shots if args.shots is not None else (DEFAULT_SHOTS if args.ladder else 0)
     if args.ladder and shots_k == 0:
         raise WhetstoneError("--ladder --shots 0 would run zero-shot twice; give K >= 1 solved examples, e.g. 3.")
-    pool = _records(args.shots_from or _run_data(args.run, "train", "--shots-from")) if shots_k else []
+    shots_from = (args.shots_from or _run_data(args.run, "train", "--shots-from")) if shots_k else None
+    pool = _records(shots_from) if shots_from else []
     probe = None
     if args.forgetting:
         from whetstone.evaluate.forgetting import load_probe, measure_forgetting
@@ -169,16 +175,20 @@ def run_eval(args: argparse.Namespace) -> int:
 
         spec = parse_spec(args.knowledge)
         knowledge = (spec, load_sets(spec, args.limit))  # before any model loads: bad sets fail at once
+    if args.answers:  # before any model loads, too
+        for source in [data, shots_from, *args.probe, *(knowledge[0].paths().values() if knowledge else ())]:
+            refuse_input_as_output(source, args.answers, "eval")
+        refuse_existing(args.answers, args.overwrite)
     tuned_model = args.run is not None or args.adapter is not None
     device = _device(args.device)
     report: dict = {"data": data}
     answers = None
 
     if args.ladder or args.forgetting or (knowledge and tuned_model and not args.no_base):
-        pair = ModelPair.load(args.model, args.adapter, args.run, device)
+        pair = ModelPair.load(args.model, args.adapter, args.run, device, **grants(args))
         model, tokenizer, who = pair.tuned, pair.tokenizer, pair.description
     else:
-        model, tokenizer = load_for_inference(args.model, args.adapter, args.run, device=device)
+        model, tokenizer = load_for_inference(args.model, args.adapter, args.run, device=device, **grants(args))
         who = args.run or (f"{args.model or 'smollm2-135m-instruct'}" + (f" + {args.adapter}" if args.adapter else ""))
     report["model"] = who
     lines = []
@@ -265,7 +275,7 @@ def run_audit(args: argparse.Namespace) -> int:
     for name in ("n", "alternatives", "max_new_tokens", "batch_size"):
         _positive(name.replace("_", "-"), getattr(args, name))
     report = audit_run(args.run, args.n, args.threshold, args.alternatives, args.max_new_tokens, args.batch_size,
-                       args.seed, args.data, _device(args.device))
+                       args.seed, args.data, _device(args.device), **grants(args))
     print(json.dumps(report.to_dict(), indent=1, ensure_ascii=False) if args.json else report.verdict())
     return 1 if args.strict and report.memorizes else 0
 
@@ -280,7 +290,7 @@ def run_compare(args: argparse.Namespace) -> int:
         raise WhetstoneError(f"--metric: got {args.metric!r}; choose one of {', '.join(PER_EXAMPLE)}.")
     data = args.data or _run_data(args.run, "eval", "--data")
     records = _records(data)
-    pair = ModelPair.load(args.model, args.adapter, args.run, _device(args.device))
+    pair = ModelPair.load(args.model, args.adapter, args.run, _device(args.device), **grants(args))
     rows = compare_answers(pair, records, args.n, args.metric, args.max_new_tokens, args.batch_size)
     print(json.dumps(rows, indent=1, ensure_ascii=False) if args.json else render_comparison(rows, args.metric))
     return 0

@@ -30,7 +30,8 @@ class ModelPair:
     _base: torch.nn.Module | None = field(default=None, repr=False)
 
     @classmethod
-    def load(cls, model: str | None, adapter: str | None, run: str | None, device: str) -> ModelPair:
+    def load(cls, model: str | None, adapter: str | None, run: str | None, device: str, *,
+             trust_remote_code: bool = False, allow_pickle: bool = False) -> ModelPair:
         """The pair named on the command line: --run RUN_DIR, or --model M --adapter DIR."""
         if run is None and adapter is None:
             raise WhetstoneError("comparing with a fine-tuned model needs one: pass --run RUN_DIR, or --model M "
@@ -38,8 +39,10 @@ class ModelPair:
         if run is not None and (model is not None or adapter is not None):
             raise WhetstoneError("--run already names the base model and the adapter; do not also pass --model or "
                                  "--adapter.")
-        tuned, tokenizer = load_for_inference(model, adapter, run, device=device)
-        base = run_base_config(run) if run is not None else ModelConfig(name=model or ModelConfig().name)
+        grants = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
+        tuned, tokenizer = load_for_inference(model, adapter, run, device=device, **grants)
+        base = run_base_config(run, **grants) if run is not None else ModelConfig(name=model or ModelConfig().name,
+                                                                                   **grants)
         description = f"{run or adapter} (tuned from {base.name})"
         return cls(tuned, tokenizer, base, description)
 

@@ -12,6 +12,7 @@ from whetstone.errors import WhetstoneError
 
 def add_parsers(sub) -> None:
     """Register export, adapters, serve and report on the top-level subparsers."""
+    from whetstone.cli import add_grant_args
     from whetstone.export import DTYPES, FORMATS
 
     p = sub.add_parser("export", help="write a run as a PEFT adapter, a merged HF model or a GGUF file",
@@ -28,6 +29,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--gguf-pre", default=None, metavar="NAME",
                    help="llama.cpp pre-tokenizer name, when it cannot be detected (e.g. llama-bpe, qwen2)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_grant_args(p)
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("adapters", help="the local adapter library: one base, many tasks")
@@ -58,12 +60,17 @@ def add_parsers(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=os.environ.get("WHETSTONE_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' (default: $WHETSTONE_API_KEY; none when unset)")
+                   help="require 'Authorization: Bearer KEY'; prefer setting $WHETSTONE_API_KEY (the default), since "
+                        "every user on the machine can read a command line with `ps`")
     p.add_argument("--max-tokens", type=int, default=512, help="most new tokens per request")
     p.add_argument("--max-body-kb", type=int, default=1024, help="largest request body, in KiB")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds one request may take, waiting included")
+    p.add_argument("--read-timeout", type=float, default=30.0,
+                   help="seconds a client has to send a whole request; a slower one is disconnected")
+    p.add_argument("--max-connections", type=int, default=8, help="open connections at once; past it, 503")
     p.add_argument("--device", default="cpu", help="cpu, cuda, mps")
     p.add_argument("--quiet", action="store_true", help="no request log")
+    add_grant_args(p)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("report", help="(re)write RUN_DIR/report.html")
@@ -78,11 +85,12 @@ def add_parsers(sub) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from whetstone.cli import grants
     from whetstone.export.formats import export_run
     from whetstone.report.page import human_bytes
 
     result = export_run(args.run, args.format, args.output, args.dtype, overwrite=args.overwrite,
-                        verify=not args.no_verify, gguf_pre=args.gguf_pre)
+                        verify=not args.no_verify, gguf_pre=args.gguf_pre, **grants(args))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
@@ -163,16 +171,19 @@ def _cmd_adapters_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from whetstone.cli import grants
     from whetstone.serve import Engine, ServeLimits, adapter_paths, check_adapter_tokenizers, make_server
 
     for name, value in (("--max-tokens", args.max_tokens), ("--max-body-kb", args.max_body_kb),
-                        ("--timeout", args.timeout)):
+                        ("--timeout", args.timeout), ("--read-timeout", args.read_timeout),
+                        ("--max-connections", args.max_connections)):
         if value <= 0:
             raise WhetstoneError(f"{name}: got {value}; must be positive.")
-    model, adapters = adapter_paths(args.adapter, args.model)
-    engine = Engine(model, adapters, device=args.device)
+    model, adapters = adapter_paths(args.adapter, args.model, **grants(args))
+    engine = Engine(model, adapters, device=args.device, **grants(args))
     check_adapter_tokenizers(engine)
-    limits = ServeLimits(args.max_tokens, args.max_body_kb * 1024, args.timeout)
+    limits = ServeLimits(args.max_tokens, args.max_body_kb * 1024, args.timeout, args.read_timeout,
+                         args.max_connections)
     server = make_server(engine, args.host, args.port, args.api_key, limits, log=not args.quiet)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach this port can use it.",

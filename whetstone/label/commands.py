@@ -11,6 +11,8 @@ from whetstone.errors import WhetstoneError
 
 def add_parsers(subparsers) -> None:
     """Register `label` and its four verbs on the top-level subparsers."""
+    from whetstone.cli import add_grant_args
+
     label = subparsers.add_parser("label", help="collect human judgements of answers and export them as training data")
     verbs = label.add_subparsers(dest="label_command", required=True)
 
@@ -33,6 +35,7 @@ def add_parsers(subparsers) -> None:
     p.add_argument("-o", "--output", required=True, metavar="TASKS.jsonl")
     p.add_argument("--overwrite", action="store_true", help="replace an existing task file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_grant_args(p)
     p.set_defaults(func=run_prepare)
 
     p = verbs.add_parser("serve", help="serve the labelling page on 127.0.0.1",
@@ -60,12 +63,14 @@ def add_parsers(subparsers) -> None:
     p.add_argument("labels", metavar="LABELS.jsonl")
     p.add_argument("--as", dest="kind", required=True, choices=("preference", "kto", "sft"))
     p.add_argument("-o", "--output", required=True, metavar="FILE.jsonl")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing FILE.jsonl (never the label file)")
     p.add_argument("--annotator", action="append", default=None, metavar="NAME",
                    help="use only this annotator's judgements (repeatable); default: everyone's")
     p.set_defaults(func=run_export)
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    from whetstone.cli import grants
     from whetstone.label.prepare import Source, against_source, prepare
 
     if args.adapter and args.run:
@@ -74,16 +79,17 @@ def run_prepare(args: argparse.Namespace) -> int:
     against = against_source(args.against, args.model) if args.against else None
     result = prepare(args.prompts, args.output, source, against, n=args.n, limit=args.limit, seed=args.seed,
                      temperature=args.temperature, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                     overwrite=args.overwrite, progress=not args.quiet)
+                     overwrite=args.overwrite, progress=not args.quiet, **grants(args))
     dropped = f" ({result.identical} pairs of identical answers left out)" if result.identical else ""
     print(f"wrote {result.tasks} tasks from {result.prompts} prompts to {result.path}{dropped}")
     return 0
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from whetstone.label.server import make_server
+    from whetstone.label.server import claim_label_log, make_server
     from whetstone.label.store import LabelStore, read_tasks
 
+    claim_label_log(args.out)  # held until this process exits
     store = LabelStore(read_tasks(args.tasks), args.out)
     server = make_server(store, args.host, args.port, args.annotator, log=not args.quiet)
     host, port = server.server_address[:2]
@@ -120,7 +126,7 @@ def run_stats(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from whetstone.label.export import export_labels
 
-    result = export_labels(args.labels, args.kind, args.output, args.annotator)
+    result = export_labels(args.labels, args.kind, args.output, args.annotator, overwrite=args.overwrite)
     dropped = "; left out: " + ", ".join(f"{n} {r}" for r, n in sorted(result.dropped.items())) \
         if result.dropped else ""
     print(f"wrote {result.rows} {args.kind} rows to {result.path}{dropped}")

@@ -77,8 +77,16 @@ def convert_gguf(gguf: Path, progress: bool = True) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        except Exception as exc:  # noqa: BLE001 - the gguf reader raises struct, numpy and value errors alike
+            reason = (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
+            raise WhetstoneError(
+                f"model: {gguf} could not be read as a GGUF model ({reason}). "
+                f"A file cut short must be downloaded again; a complete one may hold an architecture or tensor type "
+                f"that transformers cannot dequantize, so convert the original model instead."
+            ) from None
         # save_pretrained refuses while the config still says it is GGUF-quantized;
         # the weights are plain fp32 now, so the marker is no longer true.
         if hasattr(model.config, "quantization_config"):

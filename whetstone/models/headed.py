@@ -8,11 +8,12 @@ freeze run saves the head's weights inside model/, next to the backbone's.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from whetstone.config import ModelConfig, RunConfig
+from whetstone.config import RunConfig
 from whetstone.errors import WhetstoneError
 
 
@@ -34,7 +35,8 @@ def load_headed_run(path: Path, config: RunConfig, attach: Callable[[torch.nn.Mo
         attach(base)  # peft restores the trained head into it (modules_to_save)
         model = PeftModel.from_pretrained(base, str(adapter))
     elif (full / "config.json").is_file():
-        model, _ = load_model(ModelConfig(name=str(full)), device=device)
+        # model/ is the base model trained further: it needs the same powers, which config.model carries.
+        model, _ = load_model(replace(config.model, name=str(full), revision=None), device=device)
         attach(model).load_state_dict(saved_head(full, head_name, config.objective.name))
     else:
         raise WhetstoneError(f"{who}: no adapter/ or model/ yet; did the run finish? (see its summary.json)")

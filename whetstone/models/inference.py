@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -12,7 +12,7 @@ from whetstone.config import ModelConfig, read_yaml
 from whetstone.data.render import render_prompt
 from whetstone.errors import WhetstoneError
 from whetstone.methods.lora import fold_adapters
-from whetstone.models.load import load_model, load_tokenizer
+from whetstone.models.load import load_model, load_tokenizer, run_model_config
 
 
 def final_stage(run: str | Path) -> Path:
@@ -34,9 +34,9 @@ def run_chat_template(run: str) -> str | None:
     return data.get("chat_template") if isinstance(data, dict) else None
 
 
-def run_base_config(run: str) -> ModelConfig:
-    """The base model a run was trained from."""
-    return _from_run(run).model
+def run_base_config(run: str, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> ModelConfig:
+    """The base model a run was trained from, with the powers this command grants (see run_model_config)."""
+    return _from_run(run, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle).model
 
 
 @dataclass(frozen=True)
@@ -49,13 +49,13 @@ class RunWeights:
     stack: tuple[str, ...] = ()  # method.base_adapters: frozen adapters under the run's own
 
 
-def _from_run(run: str) -> RunWeights:
+def _from_run(run: str, *, trust_remote_code: bool, allow_pickle: bool) -> RunWeights:
     path = final_stage(run)
     if not (path / "config.yaml").is_file():
         raise WhetstoneError(f"--run {run}: not a run directory (no config.yaml).")
     raw = read_yaml(path / "config.yaml")
-    model = raw.get("model") or {}
-    model_cfg = ModelConfig(**model) if isinstance(model, dict) else ModelConfig(name=model)
+    model_cfg = run_model_config(raw.get("model"), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                                 source=path / "config.yaml")
     method = raw.get("method") if isinstance(raw.get("method"), dict) else {}
     stack = tuple(method.get("base_adapters") or ())
     if (path / "adapter" / "adapter_config.json").is_file():
@@ -66,23 +66,26 @@ def _from_run(run: str) -> RunWeights:
 
 
 def load_for_inference(model: str | None = None, adapter: str | None = None, run: str | None = None,
-                       device: str = "cpu"):
+                       device: str = "cpu", *, trust_remote_code: bool = False, allow_pickle: bool = False):
     """(model, tokenizer) for `--model M [--adapter DIR|NAME]` or `--run RUN_DIR`, in eval mode.
 
-    A run trained on a stack of frozen adapters (method.base_adapters) loads with all of them.
+    A run trained on a stack of frozen adapters (method.base_adapters) loads with all of them. Remote code
+    and pickle weights load only when this command's flags say so, whatever a run's config.yaml asks.
     """
     stack: tuple[str, ...] = ()
     if adapter is not None and run is None:
         from whetstone.adapters import resolve_adapter
 
-        adapter, model = resolve_adapter(adapter, model)  # a library NAME brings its base model
+        adapter, model = resolve_adapter(adapter, model, trust_remote_code=trust_remote_code,
+                                         allow_pickle=allow_pickle)  # a library NAME brings its base model
     if run is not None:
-        weights = _from_run(run)
+        weights = _from_run(run, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
         model_cfg, adapter, stack = weights.model, weights.adapter, weights.stack
         if weights.full is not None:
-            model_cfg = ModelConfig(name=weights.full)
+            model_cfg = replace(model_cfg, name=weights.full, revision=None)
     else:
-        model_cfg = ModelConfig(name=model or ModelConfig().name)
+        model_cfg = ModelConfig(name=model or ModelConfig().name, trust_remote_code=trust_remote_code,
+                                allow_pickle=allow_pickle)
     # A run trained with data.chat_template must be prompted the same way.
     tokenizer = load_tokenizer(model_cfg, run_chat_template(run) if run is not None else None)
     lm, _ = load_model(model_cfg, device=device)

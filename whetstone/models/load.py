@@ -11,14 +11,15 @@ Every transformers call goes through this file, so its version quirks live here.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from whetstone.config import ModelConfig
+from whetstone.config import ModelConfig, model_config_from_dict
 from whetstone.errors import WhetstoneError
 from whetstone.models.embedded import EMBEDDED, convert_gguf, embedded_gguf_path
+from whetstone.models.model_files import check_model_dir
 
 def quiet_transformers() -> None:
     """whetstone draws its own progress bar; transformers' per-load bars and notices are noise."""
@@ -65,28 +66,48 @@ def resolve_model(spec: str) -> ResolvedModel:
     )
 
 
+def run_model_config(raw: ModelConfig | dict | str | None, *, trust_remote_code: bool, allow_pickle: bool,
+                     source: str | Path) -> ModelConfig:
+    """The `model:` of a run directory's config.yaml (`source`), with only the powers this command's flags grant.
+
+    A run directory is often someone else's: if its config alone could switch on remote code or pickle
+    weights, copying a run and generating from it would run whatever its author shipped.
+    """
+    if isinstance(raw, ModelConfig):
+        cfg = raw
+    else:
+        cfg = model_config_from_dict(raw, str(source)) if isinstance(raw, dict) else \
+            ModelConfig(name=raw or ModelConfig().name)
+    refused = [key for key, asked, granted in (("trust_remote_code", cfg.trust_remote_code, trust_remote_code),
+                                               ("allow_pickle", cfg.allow_pickle, allow_pickle))
+               if asked and not granted]
+    if refused:
+        keys = " and ".join(f"model.{key}: true" for key in refused)
+        flags = " ".join(f"--{key.replace('_', '-')}" for key in refused)
+        raise WhetstoneError(
+            f"{source} asks for {keys}, and a run directory cannot grant that to itself: one shared with you could "
+            f"run arbitrary code on this machine when the model loads. If you trust whoever wrote it, pass {flags} "
+            f"on this command."
+        )
+    return replace(cfg, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+
+
 def _hub_error(spec: str, exc: Exception) -> WhetstoneError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return WhetstoneError(
-        f"model: could not load {spec!r} from the Hugging Face Hub ({first[:200]}). If no hub is reachable from "
+        f"model: could not load {spec!r} from the Hugging Face Hub ({_first_line(exc)}). If no hub is reachable from "
         f"this machine, use a local directory, a .gguf file, or the embedded model 'smollm2-135m-instruct'."
     )
 
 
-def _check_weight_files(resolved: ResolvedModel, allow_pickle: bool) -> None:
-    if resolved.kind == "hub":
-        return
-    directory = Path(resolved.path)
-    if any(directory.glob("*.safetensors")):
-        return
-    pickled = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))
-    if pickled and not allow_pickle:
-        raise WhetstoneError(
-            f"model: {resolved.spec} holds only pickle weights ({', '.join(pickled[:3])}), which can run code when "
-            f"loaded. Convert them to safetensors, or set model.allow_pickle: true if you trust the source."
-        )
-    if not pickled:
-        raise WhetstoneError(f"model: {resolved.spec} has no weight files (*.safetensors).")
+def _check_files(resolved: ResolvedModel, cfg: ModelConfig) -> None:
+    if resolved.kind != "hub":
+        check_model_dir(Path(resolved.path), resolved.spec, allow_pickle=cfg.allow_pickle,
+                        trust_remote_code=cfg.trust_remote_code)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def load_tokenizer(spec: str | ModelConfig, chat_template: str | None = None):
@@ -96,14 +117,19 @@ def load_tokenizer(spec: str | ModelConfig, chat_template: str | None = None):
     quiet_transformers()
     cfg = spec if isinstance(spec, ModelConfig) else ModelConfig(name=spec)
     resolved = resolve_model(cfg.name)
+    _check_files(resolved, cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             resolved.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
         )
-    except OSError as exc:
-        if resolved.kind == "hub":
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # each broken tokenizer file fails differently
+        if resolved.kind == "hub" and isinstance(exc, OSError):
             raise _hub_error(cfg.name, exc) from None
-        raise WhetstoneError(f"model: could not read the tokenizer of {cfg.name}: {exc}") from None
+        raise WhetstoneError(
+            f"model: could not read the tokenizer in {resolved.path} ({_first_line(exc)}). The directory needs a "
+            f"readable tokenizer.json (or tokenizer.model) and tokenizer_config.json: copy them from the model it "
+            f"was trained from."
+        ) from None
     if chat_template is not None:
         tokenizer.chat_template = chat_template
     if tokenizer.pad_token_id is None:
@@ -118,7 +144,7 @@ def load_model(cfg: ModelConfig, *, device: torch.device | str = "cpu", quantize
 
     quiet_transformers()
     resolved = resolve_model(cfg.name)
-    _check_weight_files(resolved, cfg.allow_pickle)
+    _check_files(resolved, cfg)
     kwargs: dict = dict(
         revision=cfg.revision,
         trust_remote_code=cfg.trust_remote_code,
@@ -130,17 +156,40 @@ def load_model(cfg: ModelConfig, *, device: torch.device | str = "cpu", quantize
     if quantize_4bit:
         kwargs["quantization_config"] = _bnb_4bit_config(device)
         kwargs["device_map"] = {"": str(device)}
+    else:
+        # Mismatched shapes then come back as a list we can name, not as a RuntimeError pointing at a log.
+        kwargs["ignore_mismatched_sizes"] = True
     try:
-        model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
-    except OSError as exc:
-        if resolved.kind == "hub":
-            raise _hub_error(cfg.name, exc) from None
-        raise WhetstoneError(f"model: could not load {cfg.name}: {exc}") from None
+        model, info = AutoModelForCausalLM.from_pretrained(resolved.path, output_loading_info=True, **kwargs)
     except ImportError as exc:
         raise WhetstoneError(f"model: loading {cfg.name} needs a package that is missing: {exc}") from None
+    except (OSError, ValueError, RuntimeError) as exc:
+        if resolved.kind == "hub" and isinstance(exc, OSError):
+            raise _hub_error(cfg.name, exc) from None
+        raise WhetstoneError(f"model: could not load {cfg.name} ({_first_line(exc)}); check that its config.json "
+                             f"and weight files come from the same model.") from None
+    _check_loaded(cfg.name, resolved, info)
     if not quantize_4bit:
         model.to(device)
     return model, resolved
+
+
+def _check_loaded(spec: str, resolved: ResolvedModel, info: dict) -> None:
+    """A weight the checkpoint lacks, or holds in another shape, would silently start from random values."""
+    where = f"the weights in {resolved.path}" if resolved.kind != "hub" else f"the weights of {spec}"
+    if info.get("mismatched_keys"):
+        name, stored, expected = next(iter(info["mismatched_keys"]))
+        raise WhetstoneError(
+            f"model: {where} do not fit its config.json: {name} is stored as {list(stored)} but the config builds "
+            f"{list(expected)} ({len(info['mismatched_keys'])} tensor(s) differ). Use the config.json saved with "
+            f"these weights."
+        )
+    if info.get("missing_keys"):
+        missing = sorted(info["missing_keys"])
+        raise WhetstoneError(
+            f"model: {where} lack {len(missing)} tensor(s) its config.json needs ({', '.join(missing[:3])}); a "
+            f"shard is missing or the file is from another model. Copy the complete weights."
+        )
 
 
 def _bnb_4bit_config(device):

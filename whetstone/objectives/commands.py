@@ -17,6 +17,8 @@ from whetstone.errors import WhetstoneError
 
 
 def add_parsers(subparsers) -> None:
+    from whetstone.cli import add_grant_args
+
     p = subparsers.add_parser(
         "score",
         help="print the reward a reward model gives each prompt/response",
@@ -27,10 +29,12 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--format", default="auto", help="the data format (default: detected)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--json", action="store_true", help="one JSON object per record instead of a table")
+    add_grant_args(p)
     p.set_defaults(func=run_score)
 
 
 def run_score(args: argparse.Namespace) -> int:
+    from whetstone.cli import grants
     from whetstone.data.formats import load_records
     from whetstone.data.records import Message
     from whetstone.objectives.reward import load_reward_model
@@ -57,7 +61,7 @@ def run_score(args: argparse.Namespace) -> int:
             answers.append(tuple(answer) if answer else (Message("assistant", ""),))
             slots.append((i, name))
 
-    reward_model = load_reward_model(args.run)
+    reward_model = load_reward_model(args.run, **grants(args))
     scores = reward_model.score(prompts, answers, args.batch_size)
     rows: list[dict] = [{"origin": r.origin} for r in records]
     for (i, name), score in zip(slots, scores):

@@ -135,15 +135,22 @@ class RewardModel:
         return out
 
 
-def load_reward_model(run: str | Path, device: torch.device | str = "cpu") -> RewardModel:
-    """The reward model of a finished `objective: reward` run: base + adapter + head, or model/ + head."""
+def load_reward_model(run: str | Path, device: torch.device | str = "cpu", *, trust_remote_code: bool = False,
+                      allow_pickle: bool = False) -> RewardModel:
+    """The reward model of a finished `objective: reward` run: base + adapter + head, or model/ + head.
+
+    Its model gets only the powers granted here, whatever the run's config.yaml asks (see run_model_config).
+    """
     from whetstone.models import load_tokenizer
     from whetstone.models.headed import load_headed_run
+    from whetstone.models.load import run_model_config
 
     path = Path(run)
     if not (path / "config.yaml").is_file():
         raise WhetstoneError(f"reward run {run}: not a run directory (no config.yaml in it).")
     config = config_from_dict(read_yaml(path / "config.yaml"), str(path / "config.yaml"))
+    config.model = run_model_config(config.model, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                                    source=path / "config.yaml")
     if config.objective.name != "reward":
         raise WhetstoneError(
             f"reward run {run}: it was trained with objective '{config.objective.name}', not 'reward'; "

@@ -14,6 +14,11 @@ A reward function is called once per batch of completions as
 where a prompt is the text of its last user turn and a reference is the
 record's reference answer (format 'prompt'). Only the modules and files named in
 the config are imported. The functions below are ready to name.
+
+A reward run whose config.yaml asks for model.trust_remote_code or model.allow_pickle
+loads only when the training config grants it, with the same key under its own model:
+(or the `train --resume` flag of that name). The reward run's config.yaml alone grants
+nothing: it may be someone else's (models/load.py run_model_config).
 """
 
 from __future__ import annotations
@@ -107,10 +112,10 @@ def _function_reward(spec: str) -> ScoreFn:
     return score
 
 
-def _model_reward(run: str, device) -> ScoreFn:
+def _model_reward(run: str, device, grants: dict[str, bool]) -> ScoreFn:
     from whetstone.objectives.reward import load_reward_model
 
-    reward_model = load_reward_model(run, device)
+    reward_model = load_reward_model(run, device, **grants)
 
     def score(prompts: list[tuple[Message, ...]], completions: list[str], references: list[str | None]) -> list[float]:
         answers = [(Message("assistant", c),) for c in completions]
@@ -119,11 +124,14 @@ def _model_reward(run: str, device) -> ScoreFn:
     return score
 
 
-def load_rewards(sources: list[RewardSource], device) -> list[Reward]:
+def load_rewards(sources: list[RewardSource], device, *, trust_remote_code: bool = False,
+                 allow_pickle: bool = False) -> list[Reward]:
+    """The rewards `sources` name; reward runs get the powers granted here (the training config's model:)."""
+    grants = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
     rewards: list[Reward] = []
     for source in sources:
         if source.run is not None:
-            name, score = Path(source.run).name, _model_reward(source.run, device)
+            name, score = Path(source.run).name, _model_reward(source.run, device, grants)
         else:
             name, score = source.function.rpartition(":")[2], _function_reward(source.function)
         if any(r.name == name for r in rewards):
