@@ -47,17 +47,20 @@ def test_batched_generation_equals_one_at_a_time(tuned, task_files):
     assert any(a for a in batched)
 
 
-def test_generation_metrics_equal_direct_calls_on_the_same_answers(tuned, task_files):
+def test_generation_metrics_equal_direct_calls_on_the_same_answers(tuned, task_files, tiny_model_dir):
     model, tokenizer = tuned
     records = load_records(str(task_files[1])).records
-    result = evaluate(model, tokenizer, records, EvalOptions(metrics=["chrf", "bleu", "rouge", "exact_match"],
-                                                             max_new_tokens=16))
+    options = EvalOptions(metrics=["chrf", "bleu", "rouge", "exact_match"], max_new_tokens=16)
+    result = evaluate(model, tokenizer, records, options)
     answers, refs = result.answers, result.references
     assert result.generated == len(records) and all(a is not None for a in answers)
     assert result.metrics["chrf"] == sacrebleu.corpus_chrf(answers, [refs]).score
     assert result.metrics["bleu"] == sacrebleu.corpus_bleu(answers, [refs]).score
     assert result.metrics["rougeL"] == rouge(answers, refs)["rougeL"]
-    assert result.metrics["rougeL"] > 0.5  # the tuned model learned the answer template
+    # The tuned model learned the answer template "N plus N is 2N.": "plus" and "is" alone are 2 of its 5 ROUGE
+    # tokens (0.4), which the untrained model never writes. Its exact digits vary with the CPU's rounding.
+    untrained = evaluate(*load_for_inference(model=str(tiny_model_dir)), records, options)
+    assert result.metrics["rougeL"] - untrained.metrics["rougeL"] >= 0.3, (result.answers, untrained.answers)
     assert result.examples_per_s > 0
 
 

@@ -107,15 +107,19 @@ def test_left_padded_rollout_log_probs_equal_unpadded_rows(tiny_model_dir, tiny_
 
 def _online_config(tmp_path, tiny_model_dir, objective, *overrides):
     (tmp_path / "first_half.py").write_text(REWARD_FILE)
-    data = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows(64, 5))
-    return pref_config(tiny_model_dir, f"objective={objective}", f"data.train={data}", "data.eval_fraction=0.25",
+    # 64 held-out prompts: one sample each, so the eval reward's own noise (~0.02) stays well under the gain.
+    data = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows(128, 5))
+    return pref_config(tiny_model_dir, f"objective={objective}", f"data.train={data}", "data.eval_fraction=0.5",
                        f"objective.reward=[{{function: '{tmp_path / 'first_half.py'}:first_half'}}]",
                        "objective.max_new_tokens=8", "method.name=full", "train.schedule=constant", *overrides)
 
 
+# Sampled rollouts take other paths wherever a CPU's kernels round differently, so the gain is not one number.
+# Measured over seeds 0-2 with AVX-512, AVX2 and scalar kernels: PPO +0.20 to +0.25 (KL 2.0-2.6), GRPO +0.14 to +0.19
+# (KL 2.4-2.6; by step 28 its KL passes the bound below). The untrained policy scores 0.17-0.24.
 @pytest.mark.parametrize("objective,overrides", [
-    ("ppo", ["train.max_steps=20", "train.lr=1e-2", "objective.rollout_batch_size=16", "train.batch_size=16",
-             "objective.vf_coef=0.5", "objective.kl_coef=0.05", "eval.every=20"]),
+    ("ppo", ["train.max_steps=60", "train.lr=1e-2", "objective.rollout_batch_size=16", "train.batch_size=16",
+             "objective.vf_coef=0.5", "objective.kl_coef=0.05", "eval.every=60"]),
     ("grpo", ["train.max_steps=20", "train.lr=3e-3", "objective.rollout_batch_size=4", "train.batch_size=16",
               "objective.kl_coef=0.2", "eval.every=20"]),
 ])

@@ -239,7 +239,7 @@ def test_a_stacked_run_exports_merged_with_its_stack_and_refuses_peft(stacked, t
     with pytest.raises(WhetstoneError, match="--format merged or gguf"):
         export_run(stage, "peft", tmp_path / "peft")
     result = export_run(stage, "merged", tmp_path / "merged")
-    assert result.logit_delta is not None and result.logit_delta < 1e-4  # against base + stack + adapter
+    assert result.logit_delta is not None and result.logit_delta <= result.tolerance  # against base + stack + adapter
     from transformers import AutoModelForCausalLM
 
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
