@@ -122,12 +122,19 @@ def _commands(model: Path, tmp: Path, qa_file: Path) -> dict[str, list[str]]:
         "train": ["train", "--quiet", "-o", str(tmp / "out"), "--set", f"model={model}", "--set",
                   f"data.train={qa_file}", "--set", "train.max_steps=1"],
         "export": ["export", str(_fake_run(tmp, str(model))), "--format", "peft", "-o", str(tmp / "exported")],
+        "eval": ["eval", "--model", str(model), "--data", str(qa_file), "--metrics", "loss"],
+        "serve": ["serve", "--model", str(model), "--port", "0", "--quiet"],
     }
 
 
 def test_every_broken_model_dir_is_a_sentence_in_every_command(broken_dirs, gguf_files, tmp_path, qa_file, capsys,
                                                                monkeypatch):
     monkeypatch.setenv("WHETSTONE_CACHE", str(tmp_path / "cache"))  # GGUF conversions land here
+
+    def never_serve(*args, **kwargs):  # a broken model that loaded would otherwise serve until killed
+        raise AssertionError("serve loaded a broken model")
+
+    monkeypatch.setattr("whetstone.serve.make_server", never_serve)
     tried, tracebacks, unnamed = 0, [], []
     for name, (model, names) in {**broken_dirs, **gguf_files}.items():
         for command, argv in _commands(model, tmp_path / name.replace(" ", "-"), qa_file).items():
@@ -141,7 +148,7 @@ def test_every_broken_model_dir_is_a_sentence_in_every_command(broken_dirs, gguf
             if code == 0 or names not in err or "Traceback" in err or "error: " not in err:
                 unnamed.append(f"{name} / {command} (exit {code}): {err.strip()[:300]}")
     print(f"model-dir fuzz: {tried} cases, {len(tracebacks)} tracebacks")
-    assert tried == (len(BROKEN_DIRS) + 4) * 3
+    assert tried == (len(BROKEN_DIRS) + 4) * 5  # generate, train, export, eval, serve
     assert tracebacks == []
     assert unnamed == [], "\n".join(unnamed)
 
