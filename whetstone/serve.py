@@ -10,8 +10,10 @@ name. All adapters sit on one PeftModel over one copy of the base, so N adapters
 N small weight files, and switching is `set_adapter` (no reload).
 
 Safety: it binds 127.0.0.1 unless told otherwise; an API key can be required
-(`Authorization: Bearer KEY`); every request is bounded in body size, in tokens and
-in time. A bad request gets a 4xx with an OpenAI-style JSON error, and no request can
+(`Authorization: Bearer KEY`); without one, the Host and Origin of each request must
+be this server's own (so a web page in the user's browser cannot use it). Every
+request is bounded in body size, in tokens and in time, and the open connections in
+number. A bad request gets a 4xx with an OpenAI-style JSON error, and no request can
 take the server down: each one runs in its own thread inside a catch-all.
 
 One generation runs at a time (a lock around the model): on CPU a second one in
@@ -24,22 +26,26 @@ from __future__ import annotations
 import hmac
 import inspect
 import json
+import math
 import sys
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
+from pathlib import Path
 from typing import ClassVar
 
 import torch
 
 from whetstone.errors import WhetstoneError
-from whetstone.jsonhttp import JsonHandler
+from whetstone.jsonhttp import JsonHandler, JsonServer
 
 ROLES = ("system", "developer", "user", "assistant")
+MIN_TEMPERATURE = 0.01  # below it logits / T overflows float32 (1e-300 gives inf - inf = nan), and it is greedy anyway
+SEEDS = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 
 
 @dataclass
@@ -50,6 +56,10 @@ class ServeLimits:
     """Largest request body accepted (413 above it)."""
     timeout_s: float = 60.0
     """Wall-clock budget of one request: waiting for the model plus generating (503/504 past it)."""
+    read_timeout_s: float = 30.0
+    """Seconds a client has to send a whole request, headers and body; a slower one is disconnected."""
+    max_connections: int = 8
+    """Open connections served at once; one more gets 503 straight away."""
 
 
 class RequestError(Exception):
@@ -79,13 +89,16 @@ class Generation:
 
 
 class Engine:
-    def __init__(self, model_spec: str, adapters: dict[str, str] | None = None, device: str = "cpu"):
+    def __init__(self, model_spec: str, adapters: dict[str, str] | None = None, device: str = "cpu", *,
+                 trust_remote_code: bool = False, allow_pickle: bool = False):
         from whetstone.config import ModelConfig
         from whetstone.models.load import load_model, load_tokenizer
 
         self.base_id = model_spec
-        self.tokenizer = load_tokenizer(ModelConfig(name=model_spec))
-        model, _ = load_model(ModelConfig(name=model_spec), device=device)
+        # Only `serve`'s own flags grant these: never a run directory or the adapter catalogue (run_model_config).
+        base = ModelConfig(name=model_spec, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+        self.tokenizer = load_tokenizer(base)
+        model, _ = load_model(base, device=device)
         self.adapters = dict(adapters or {})
         if self.base_id in self.adapters:
             raise WhetstoneError(f"--adapter {self.base_id}: an adapter cannot share the base model's id.")
@@ -251,12 +264,17 @@ def parse_sampling(body: dict, engine: Engine, limits: ServeLimits) -> Sampling:
     if not 1 <= max_tokens <= limits.max_tokens:
         raise RequestError(400, f"max_tokens must be between 1 and {limits.max_tokens} (the server's limit), got "
                                 f"{max_tokens}.", "max_tokens")
-    temperature = float(_get(body, "temperature", (int, float), 1.0))
-    if not 0.0 <= temperature <= 2.0:
-        raise RequestError(400, f"temperature must be in [0, 2], got {temperature}.", "temperature")
-    top_p = float(_get(body, "top_p", (int, float), 1.0))
+    temperature = _finite(body, "temperature", 1.0)
+    if not (temperature == 0.0 or MIN_TEMPERATURE <= temperature <= 2.0):
+        raise RequestError(400, f"temperature must be in [0, 2]: 0 for greedy decoding, else at least "
+                                f"{MIN_TEMPERATURE} (smaller ones overflow the softmax); got {temperature:g}.",
+                           "temperature")
+    top_p = _finite(body, "top_p", 1.0)
     if not 0.0 < top_p <= 1.0:
-        raise RequestError(400, f"top_p must be in (0, 1], got {top_p}.", "top_p")
+        raise RequestError(400, f"top_p must be in (0, 1], got {top_p:g}.", "top_p")
+    seed = _get(body, "seed", (int,))
+    if seed is not None and not SEEDS[0] <= seed <= SEEDS[1]:
+        raise RequestError(400, f"seed must be between -2**63 and 2**64 - 1, got {seed}.", "seed")
     stop = _get(body, "stop", (str, list), [])
     stop = [stop] if isinstance(stop, str) else stop
     if len(stop) > 4 or not all(isinstance(s, str) and s for s in stop):
@@ -264,8 +282,18 @@ def parse_sampling(body: dict, engine: Engine, limits: ServeLimits) -> Sampling:
     n = _get(body, "n", (int,), 1)
     if n != 1:
         raise RequestError(400, f"n={n}: this server returns one choice per request.", "n")
-    return Sampling(model, max_tokens, temperature, top_p, stop, _get(body, "seed", (int,)),
-                    bool(_get(body, "stream", (bool,), False)))
+    return Sampling(model, max_tokens, temperature, top_p, stop, seed, bool(_get(body, "stream", (bool,), False)))
+
+
+def _finite(body: dict, key: str, default: float) -> float:
+    value = _get(body, key, (int, float), default)
+    try:
+        number = float(value)  # JSON allows 1e999 and Python's parser NaN; an int past 1e308 overflows here
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise RequestError(400, f"'{key}' must be a finite number, got {str(value)[:40]}.", key)
+    return number
 
 
 def parse_messages(body: dict) -> list[dict]:
@@ -306,12 +334,10 @@ def parse_prompt(body: dict) -> str:
 # HTTP.
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True  # a stuck client never keeps the process alive on shutdown
-
+class Server(JsonServer):
     def __init__(self, address, engine: Engine, limits: ServeLimits, api_key: str | None, log: bool = True):
         self.engine, self.limits, self.api_key, self.log = engine, limits, api_key, log
-        super().__init__(address, Handler)
+        super().__init__(address, Handler, limits.max_connections)
 
 
 class Handler(JsonHandler):
@@ -319,10 +345,13 @@ class Handler(JsonHandler):
     server_version = "whetstone"
     error_type = RequestError
     # OpenAI's error "type" for the statuses the shared plumbing raises (others: invalid_request_error).
-    KINDS: ClassVar[dict[int, str]] = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 500: "server_error"}
+    KINDS: ClassVar[dict[int, str]] = {403: "permission_error", 404: "not_found", 405: "method_not_allowed",
+                                       408: "timeout", 413: "request_too_large", 421: "permission_error",
+                                       500: "server_error", 503: "server_busy"}
 
     def setup(self) -> None:
         self.timeout = self.server.limits.timeout_s  # a client that stalls mid-request is dropped
+        self.request_deadline = self.server.limits.read_timeout_s
         super().setup()
 
     def log_message(self, format: str, *args) -> None:
@@ -332,11 +361,14 @@ class Handler(JsonHandler):
     def body_limit(self) -> int:
         return self.server.limits.max_body_bytes
 
-    def client_error(self, status: int, message: str) -> RequestError:
-        return RequestError(status, message, kind=self.KINDS.get(status, "invalid_request_error"))
+    @classmethod
+    def client_error(cls, status: int, message: str) -> RequestError:
+        return RequestError(status, message, kind=cls.KINDS.get(status, "invalid_request_error"))
 
     # ---- routing ---------------------------------------------------------------------
     def dispatch(self, method: str) -> None:
+        if not self.server.api_key:  # with a key, the key is the credential; without, only this machine's pages
+            self.refuse_foreign_pages()
         path = self.path.split("?", 1)[0].rstrip("/")
         routes = {"/v1/chat/completions": ("POST", self._chat), "/v1/completions": ("POST", self._completion),
                   "/v1/models": ("GET", self._models), "/health": ("GET", self._health)}
@@ -365,7 +397,9 @@ class Handler(JsonHandler):
 
     # ---- endpoints -------------------------------------------------------------------
     def _health(self) -> None:
-        self._send_json(200, {"status": "ok", "models": self.server.engine.model_ids})
+        # Needs no key, so it names the models without the directories they were loaded from.
+        names = [Path(model_id).name or model_id for model_id in self.server.engine.model_ids]
+        self._send_json(200, {"status": "ok", "models": names})
 
     def _model_card(self, model_id: str) -> dict:
         card = {"id": model_id, "object": "model", "created": 0, "owned_by": "whetstone"}
@@ -415,11 +449,16 @@ class Handler(JsonHandler):
                 self._stream(ident, sampling.model, deltas, result, chat)
             else:
                 for _ in deltas:
-                    pass
+                    self._stop_if_closing()
                 self._send_json(200, _final_body(ident, sampling.model, result, chat))
         finally:
             deltas.close()  # leave the adapter context (a client may have left mid-stream) before unlocking
             engine.lock.release()
+
+    def _stop_if_closing(self) -> None:
+        # Checked between tokens, so server_close waits for one token, not for a whole generation.
+        if self.server.closing.is_set():
+            raise RequestError(503, "the server is shutting down.", kind="server_busy")
 
     def _stream(self, ident: str, model: str, deltas: Iterator[str], result: Generation, chat: bool) -> None:
         self.close_connection = True  # the stream ends when the connection does
@@ -447,9 +486,15 @@ class Handler(JsonHandler):
             event(chunk(None, None, first=True))
         try:
             for delta in deltas:
+                self._stop_if_closing()
                 event(chunk(delta, None))
-        except RequestError as exc:  # the timeout, after the headers went out: say so in the stream
+        except RequestError as exc:  # a timeout or shutdown, after the headers went out: say so in the stream
             event(exc.body())
+        except OSError:
+            raise  # the client left or stopped reading: nothing more can reach it
+        except Exception as exc:  # noqa: BLE001 (a bug mid-stream: the status line is out, so it goes in the stream)
+            traceback.print_exc(file=sys.stderr)
+            event(self.client_error(500, f"internal error: {type(exc).__name__}: {exc}").body())
         else:
             final = chunk(None, result.finish_reason)
             final["usage"] = _usage(result)
@@ -479,10 +524,12 @@ def _final_body(ident: str, model: str, result: Generation, chat: bool) -> dict:
 # Start-up.
 
 
-def adapter_paths(specs: list[str], model: str | None) -> tuple[str, dict[str, str]]:
+def adapter_paths(specs: list[str], model: str | None, *, trust_remote_code: bool = False,
+                  allow_pickle: bool = False) -> tuple[str, dict[str, str]]:
     """(base model, {adapter name: directory}) for `--model M --adapter SPEC ...`.
 
-    SPEC is a library name, or NAME=DIR for an adapter or run directory.
+    SPEC is a library name, or NAME=DIR for an adapter or run directory; a run asking for more than the
+    grants give is refused (see resolve_adapter).
     """
     from whetstone.adapters import resolve_adapter
 
@@ -491,7 +538,7 @@ def adapter_paths(specs: list[str], model: str | None) -> tuple[str, dict[str, s
         name, _, where = spec.partition("=") if "=" in spec else (spec, "", spec)
         if name in adapters:
             raise WhetstoneError(f"--adapter {spec}: the name {name!r} is given twice.")
-        path, base = resolve_adapter(where, model)
+        path, base = resolve_adapter(where, model, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
         if model is None:
             model = base
         adapters[name] = path

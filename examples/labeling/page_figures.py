@@ -46,12 +46,15 @@ def latency(n: int) -> None:
                                   cwd=ROOT, stderr=subprocess.PIPE, text=True)
         try:
             port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", server.stderr.readline()).group(1))
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:  # the write token
+                token = re.search(r'name="whetstone-token" content="([^"]+)"', response.read().decode()).group(1)
             times = []
             for i in range(n):
                 body = json.dumps({"task": f"t{i}", "choice": "AB"[i % 2], "ratings": {"A": 4, "B": 2},
                                    "note": "timing"}).encode()
                 request = urllib.request.Request(f"http://127.0.0.1:{port}/api/judge", data=body,
-                                                 headers={"Content-Type": "application/json"}, method="POST")
+                                                 headers={"Content-Type": "application/json",
+                                                          "X-Whetstone-Token": token}, method="POST")
                 start = time.perf_counter()
                 with urllib.request.urlopen(request, timeout=30) as response:
                     response.read()

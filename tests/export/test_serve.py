@@ -4,6 +4,7 @@ import http.client
 import json
 import socket
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -30,22 +31,35 @@ def engine(tiny_model_dir, random_adapter):
     return Engine(str(tiny_model_dir), {"rand": str(random_adapter)})
 
 
-def _start(engine, **kwargs):
+@contextmanager
+def _serving(engine, **kwargs):
+    """A server on a free loopback port; after, it is shut down and every thread it started has ended."""
     server = make_server(engine, port=0, log=False, **kwargs)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()  # ends the open connections and joins their threads
 
 
 @pytest.fixture(scope="module")
 def server(engine):
-    server = _start(engine, limits=ServeLimits(max_tokens=48, max_body_bytes=4096, timeout_s=30))
-    yield server
-    server.shutdown()
-    server.server_close()
+    with _serving(engine, limits=ServeLimits(max_tokens=48, max_body_bytes=4096, timeout_s=30)) as server:
+        yield server
 
 
 def _client(server, key="unused"):
+    """An openai client; use it in `with`, which closes the connections it pools."""
     return openai.OpenAI(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", api_key=key, max_retries=0)
+
+
+@pytest.fixture
+def client(server):
+    with _client(server) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
@@ -69,14 +83,13 @@ def _raw(server, method, path, body=b"", headers=None):
     return response.status, payload
 
 
-def test_models_lists_the_base_and_every_adapter(server, tiny_model_dir):
-    models = _client(server).models.list().data
+def test_models_lists_the_base_and_every_adapter(client, tiny_model_dir):
+    models = client.models.list().data
     assert [m.id for m in models] == [str(tiny_model_dir), "rand"]
     assert models[1].model_extra["parent"] == str(tiny_model_dir)
 
 
-def test_chat_greedy_equals_generate_and_the_model_field_picks_the_adapter(server, reference):
-    client = _client(server)
+def test_chat_greedy_equals_generate_and_the_model_field_picks_the_adapter(client, reference):
     answers = {}
     for model_id in reference:
         r = client.chat.completions.create(model=model_id, messages=QUESTION, max_tokens=12, temperature=0)
@@ -88,8 +101,7 @@ def test_chat_greedy_equals_generate_and_the_model_field_picks_the_adapter(serve
     assert len(set(reference.values())) == 2  # base and adapter answer differently
 
 
-def test_streaming_sends_the_same_text_in_pieces(server, reference):
-    client = _client(server)
+def test_streaming_sends_the_same_text_in_pieces(client, reference):
     chunks = list(client.chat.completions.create(model="rand", messages=QUESTION, max_tokens=12, temperature=0,
                                                  stream=True))
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -98,11 +110,11 @@ def test_streaming_sends_the_same_text_in_pieces(server, reference):
     assert chunks[-1].choices[0].finish_reason in ("stop", "length") and chunks[-1].usage.completion_tokens <= 12
 
 
-def test_completions_continue_raw_text_like_generate(server, engine, tiny_model_dir):
+def test_completions_continue_raw_text_like_generate(client, engine, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     prompt = "The quick brown fox"
-    r = _client(server).completions.create(model=str(tiny_model_dir), prompt=prompt, max_tokens=8, temperature=0)
+    r = client.completions.create(model=str(tiny_model_dir), prompt=prompt, max_tokens=8, temperature=0)
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
     ids = engine.tokenizer(prompt, return_tensors="pt")
     with torch.no_grad():
@@ -110,13 +122,12 @@ def test_completions_continue_raw_text_like_generate(server, engine, tiny_model_
                              pad_token_id=engine.tokenizer.pad_token_id)
     expected = engine.tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert r.choices[0].text == expected and r.object == "text_completion"
-    streamed = _client(server).completions.create(model=str(tiny_model_dir), prompt=prompt, max_tokens=8,
-                                                  temperature=0, stream=True)
+    streamed = client.completions.create(model=str(tiny_model_dir), prompt=prompt, max_tokens=8, temperature=0,
+                                         stream=True)
     assert "".join(c.choices[0].text for c in streamed) == expected
 
 
-def test_stop_strings_cut_the_text_in_both_modes(server):
-    client = _client(server)
+def test_stop_strings_cut_the_text_in_both_modes(client):
     full = client.chat.completions.create(model="rand", messages=QUESTION, max_tokens=24, temperature=0)
     text = full.choices[0].message.content
     pairs = [text[i:i + 2] for i in range(2, len(text) - 2)]
@@ -129,8 +140,7 @@ def test_stop_strings_cut_the_text_in_both_modes(server):
     assert "".join(c.choices[0].delta.content or "" for c in streamed) == expected
 
 
-def test_sampling_is_reproducible_with_a_seed(server):
-    client = _client(server)
+def test_sampling_is_reproducible_with_a_seed(client):
     runs = [client.chat.completions.create(model="rand", messages=QUESTION, max_tokens=10, temperature=1.0, top_p=0.9,
                                            seed=7).choices[0].message.content for _ in range(2)]
     assert runs[0] == runs[1]
@@ -144,10 +154,10 @@ def test_sampling_is_reproducible_with_a_seed(server):
     ({"messages": []}, "BadRequestError", "'messages' must hold at least one message"),
     ({"n": 2}, "BadRequestError", "n=2: this server returns one choice"),
 ])
-def test_bad_requests_get_4xx_json_errors(server, kwargs, error, fragment):
+def test_bad_requests_get_4xx_json_errors(client, kwargs, error, fragment):
     args = {"model": "rand", "messages": QUESTION, "max_tokens": 4} | kwargs
     with pytest.raises(getattr(openai, error)) as info:
-        _client(server).chat.completions.create(**args)
+        client.chat.completions.create(**args)
     assert fragment in info.value.body["message"]
 
 
@@ -181,8 +191,9 @@ def test_malformed_http_never_crashes_the_server(server, method, path, body, hea
 
 
 def test_post_without_content_length_is_411(server):
-    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n\r\n")
+    port = server.server_address[1]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
         head = b""
         while chunk := sock.recv(4096):  # the server closes the connection after the error
             head += chunk
@@ -207,32 +218,24 @@ def test_fuzzed_bodies_get_4xx_or_an_answer(server, body):
 
 
 def test_api_key_is_required_when_set(engine):
-    server = _start(engine, api_key="s3cret")
-    try:
+    with (_serving(engine, api_key="s3cret") as server, _client(server, key="wrong") as wrong,
+          _client(server, key="s3cret") as right):
         with pytest.raises(openai.AuthenticationError):
-            _client(server, key="wrong").models.list()
+            wrong.models.list()
         assert _raw(server, "GET", "/v1/models")[0] == 401
-        assert [m.id for m in _client(server, key="s3cret").models.list().data][1] == "rand"
+        assert [m.id for m in right.models.list().data][1] == "rand"
         assert _raw(server, "GET", "/health")[0] == 200  # liveness needs no key
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_generation_past_the_timeout_is_504_and_the_server_lives_on(engine):
-    server = _start(engine, limits=ServeLimits(max_tokens=400, timeout_s=0.02))
-    try:
+    with _serving(engine, limits=ServeLimits(max_tokens=400, timeout_s=0.02)) as server, _client(server) as client:
         with pytest.raises(openai.APIStatusError) as info:
-            _client(server).completions.create(model="rand", prompt="a", max_tokens=400, temperature=0)
+            client.completions.create(model="rand", prompt="a", max_tokens=400, temperature=0)
         assert info.value.status_code == 504 and "timeout" in info.value.body["message"]
-        stream = _client(server).completions.create(model="rand", prompt="a", max_tokens=400, temperature=0,
-                                                    stream=True)
+        stream = client.completions.create(model="rand", prompt="a", max_tokens=400, temperature=0, stream=True)
         with pytest.raises(openai.APIError, match="timeout"):
             list(stream)
         assert _raw(server, "GET", "/health")[0] == 200
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_concurrent_requests_for_different_models_get_their_own_weights(server, reference):
@@ -240,8 +243,8 @@ def test_concurrent_requests_for_different_models_get_their_own_weights(server, 
 
     def ask(model_id, slot):
         try:
-            r = _client(server).chat.completions.create(model=model_id, messages=QUESTION, max_tokens=12,
-                                                        temperature=0)
+            with _client(server) as client:
+                r = client.chat.completions.create(model=model_id, messages=QUESTION, max_tokens=12, temperature=0)
             results[slot] = (model_id, r.choices[0].message.content.strip())
         except Exception as exc:  # collected and asserted below
             errors.append(exc)
@@ -255,14 +258,15 @@ def test_concurrent_requests_for_different_models_get_their_own_weights(server, 
     assert all(answer == reference[model_id] for model_id, answer in results.values())
 
 
-def test_a_client_leaving_mid_stream_leaves_the_adapters_in_order(server, reference, tiny_model_dir):
+def test_a_client_leaving_mid_stream_leaves_the_adapters_in_order(server, client, reference, tiny_model_dir):
     body = json.dumps({"model": str(tiny_model_dir), "messages": QUESTION, "max_tokens": 40, "temperature": 0,
                        "stream": True}).encode()
-    with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=10) as sock:
-        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    port = server.server_address[1]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode()
+                     + b"Content-Type: application/json\r\n"
                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         assert sock.recv(64).startswith(b"HTTP/1.1 200")
-    client = _client(server)
     for model_id, expected in reference.items():
         r = client.chat.completions.create(model=model_id, messages=QUESTION, max_tokens=12, temperature=0)
         assert r.choices[0].message.content.strip() == expected
@@ -276,7 +280,7 @@ def test_serve_binds_loopback_by_default():
     assert make_server.__defaults__[0] == "127.0.0.1"
 
 
-def test_a_bug_costs_one_request_a_500_not_the_server(server, monkeypatch, capsys):
+def test_a_bug_costs_one_request_a_500_not_the_server(server, client, monkeypatch, capsys):
     def broken(messages):
         raise RuntimeError("boom")
 
@@ -285,7 +289,7 @@ def test_a_bug_costs_one_request_a_500_not_the_server(server, monkeypatch, capsy
                            json.dumps({"model": "rand", "messages": QUESTION}).encode())
     assert status == 500 and json.loads(payload)["error"]["message"] == "internal error: RuntimeError: boom"
     monkeypatch.undo()
-    assert _client(server).chat.completions.create(model="rand", messages=QUESTION, max_tokens=2).choices
+    assert client.chat.completions.create(model="rand", messages=QUESTION, max_tokens=2).choices
 
 
 def test_an_adapter_trained_with_another_template_is_refused_at_start(tiny_model_dir, random_adapter, tmp_path):

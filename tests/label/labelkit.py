@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 from whetstone.label.server import make_server
 from whetstone.label.store import LabelStore, read_tasks
 
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT_ANSWER = "<script>window.pwned = 1</script><b>bold?</b> & <img src=x onerror=\"window.pwned=2\">"
 
 
@@ -42,17 +47,45 @@ def start(tasks: Path, labels: Path, annotator: str | None = "ann"):
     return server, store, server.server_address[1]
 
 
+def serve_command(tasks: Path, labels: Path) -> list[str]:
+    return [sys.executable, "-m", "whetstone", "label", "serve", str(tasks), "--out", str(labels), "--port", "0",
+            "--annotator", "ann", "--quiet"]
+
+
+def serve_subprocess(tasks: Path, labels: Path):
+    """(process, port, banner) of `whetstone label serve` on a free port, once it has said where it listens."""
+    proc = subprocess.Popen(serve_command(tasks, labels), cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    banner = ""
+    for _ in range(5):  # warnings (a torn last line) come before the banner
+        banner += proc.stderr.readline()
+        match = re.search(r"http://127\.0\.0\.1:(\d+)/", banner)
+        if match:
+            return proc, int(match.group(1)), banner
+    proc.kill()
+    raise AssertionError(f"no banner from label serve: {banner}")
+
+
 def stop(server, store) -> None:
     server.shutdown()
     server.server_close()
     store.close()
 
 
+def page_token(port: int) -> str:
+    """The write token the server embeds in its page, read as the page's script reads it."""
+    _, html = request(port, "GET", "/")
+    return re.search(r'<meta name="whetstone-token" content="([^"]+)">', html).group(1)
+
+
 def request(port: int, method: str, path: str, body=None, raw: bytes | None = None, headers=None):
-    """(status, parsed JSON or text) of one request on a fresh connection."""
+    """(status, parsed JSON or text) of one request on a fresh connection; a POST sends what the page sends."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    conn.request(method, path, body=data, headers=headers or ({"Content-Type": "application/json"} if data else {}))
+    if headers is None:
+        headers = {"Content-Type": "application/json", "X-Whetstone-Token": page_token(port)} \
+            if method == "POST" else {}
+    conn.request(method, path, body=data, headers=headers)
     response = conn.getresponse()
     payload = response.read().decode()
     conn.close()

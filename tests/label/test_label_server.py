@@ -1,18 +1,12 @@
 """The label server: validation (4xx, and it keeps serving), no duplicates, undo, resume after kill -9."""
 
 import json
-import os
 import re
 import signal
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from labelkit import SCRIPT_ANSWER, events, pick, request, start, stop, write_tasks
-
-ROOT = Path(__file__).resolve().parents[2]
+from labelkit import SCRIPT_ANSWER, events, pick, request, serve_subprocess, start, stop, write_tasks
 
 
 @pytest.fixture
@@ -152,25 +146,10 @@ def test_page_has_no_inline_script_and_a_strict_policy(served):
     assert "innerHTML" not in script and "outerHTML" not in script and "insertAdjacentHTML" not in script
 
 
-def _serve_subprocess(tasks, labels):
-    cmd = [sys.executable, "-m", "whetstone", "label", "serve", str(tasks), "--out", str(labels), "--port", "0",
-           "--annotator", "ann", "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    banner = ""
-    for _ in range(5):  # warnings (a torn last line) come before the banner
-        banner += proc.stderr.readline()
-        match = re.search(r"http://127\.0\.0\.1:(\d+)/", banner)
-        if match:
-            return proc, int(match.group(1)), banner
-    proc.kill()
-    raise AssertionError(f"no banner from label serve: {banner}")
-
-
 def test_kill_9_mid_session_then_restart_resumes_at_the_first_unlabelled_task(tmp_path):
     tasks = write_tasks(tmp_path / "tasks.jsonl", n=6)
     labels = tmp_path / "labels.jsonl"
-    proc, port, _ = _serve_subprocess(tasks, labels)
+    proc, port, _ = serve_subprocess(tasks, labels)
     try:
         for task, choice in (("t0", "A"), ("t1", "B"), ("t2", "tie")):
             assert request(port, "POST", "/api/judge", {"task": task, "choice": choice})[0] == 200
@@ -182,7 +161,7 @@ def test_kill_9_mid_session_then_restart_resumes_at_the_first_unlabelled_task(tm
     # A crash in the middle of a later write leaves half a line; it was never acknowledged.
     with open(labels, "a") as fh:
         fh.write('{"event": "judgement", "id": "x", "annot')
-    proc, port, banner = _serve_subprocess(tasks, labels)
+    proc, port, banner = serve_subprocess(tasks, labels)
     try:
         assert "ignoring a half-written last line" in banner and "3 done by ann" in banner
         _, state = request(port, "GET", "/api/state")

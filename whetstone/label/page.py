@@ -3,7 +3,8 @@
 Escaping: model output, prompts and notes reach the DOM only through `textContent`
 (never innerHTML), so `<script>` in an answer is shown as those characters. The
 page has no inline script, and the server's Content-Security-Policy allows only
-/page.js, so even a slip here could not run injected code.
+/page.js, so even a slip here could not run injected code. The server writes its write
+token into the `whetstone-token` meta tag of each page it serves.
 
 Keyboard: a or 1 = A is better, b or 2 = B is better, t or 0 = tie, s = skip,
 u = undo the last judgement, Escape leaves a text box (keys are ignored while typing).
@@ -14,6 +15,7 @@ PAGE_HTML = """<!doctype html>
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="whetstone-token" content="__TOKEN__">
 <title>whetstone label</title>
 <style>
   body { font: 15px/1.45 system-ui, sans-serif; margin: 0; background: #f4f5f7; color: #1d2330; }
@@ -100,6 +102,8 @@ PAGE_HTML = """<!doctype html>
 PAGE_JS = r"""'use strict';
 const params = new URLSearchParams(location.search);
 const annotator = params.get('annotator');  // null: the server's --annotator
+// The server refuses writes without it; other sites cannot read this page, so they cannot send it.
+const token = document.querySelector('meta[name="whetstone-token"]').content;
 let current = null;  // the state last received
 let ratings = {};
 let busy = false;
@@ -111,7 +115,7 @@ function setStatus(text, isError) {
 }
 
 async function call(method, path, body) {
-  const options = {method, headers: {'Content-Type': 'application/json'}};
+  const options = {method, headers: {'Content-Type': 'application/json', 'X-Whetstone-Token': token}};
   if (body !== undefined) options.body = JSON.stringify(body);
   const response = await fetch(path, options);
   const payload = await response.json();

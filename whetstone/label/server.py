@@ -12,23 +12,35 @@ the machine can POST), answers a bad request with a 4xx and a JSON error, and ke
 running whatever arrives: each request runs in its own thread inside a catch-all.
 Model output reaches the page only as JSON strings that the script places with
 textContent; the Content-Security-Policy forbids inline and foreign scripts besides.
+
+Other web pages open in the labeller's browser are kept out: a Host that is not this
+server is refused (421, DNS rebinding), so is an Origin that is not its page (403), a
+POST must be declared JSON (415: a cross-site text/plain POST needs no preflight), and
+a write must carry the token embedded in the page (403), which another site cannot read.
+One process at a time writes a label log: `claim_label_log` holds LABELS.jsonl.lock.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hmac
+import os
+import secrets
 import sys
-from http.server import ThreadingHTTPServer
+from pathlib import Path
 from typing import ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from whetstone.errors import WhetstoneError
-from whetstone.jsonhttp import JsonHandler
+from whetstone.jsonhttp import JsonHandler, JsonServer
 from whetstone.label.page import PAGE_HTML, PAGE_JS
 from whetstone.label.store import ANNOTATOR, CHOICES, Conflict, LabelStore, shown_order
 
 MAX_BODY_BYTES = 256 * 1024
 MAX_IDEAL_CHARS = 50_000
 MAX_NOTE_CHARS = 5_000
+MAX_CONNECTIONS = 32  # a browser keeps up to 6 per server open; room for a few annotators
+TOKEN_HEADER = "X-Whetstone-Token"
 JUDGE_KEYS = {"annotator", "task", "choice", "ratings", "ideal", "note"}
 CSP = ("default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self'; "
        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -118,18 +130,18 @@ def _optional_text(body: dict, key: str, limit: int) -> str | None:
 # HTTP.
 
 
-class LabelServer(ThreadingHTTPServer):
-    daemon_threads = True  # a stuck client never keeps the process alive on shutdown
-
+class LabelServer(JsonServer):
     def __init__(self, address, store: LabelStore, annotator: str | None, log: bool = True):
         self.store, self.annotator, self.log = store, annotator, log
-        super().__init__(address, Handler)
+        self.token = secrets.token_urlsafe(32)  # new at every start: a page from an old run must reload
+        super().__init__(address, Handler, MAX_CONNECTIONS)
 
 
 class Handler(JsonHandler):
     server: LabelServer
     server_version = "whetstone-label"
     timeout = 30  # a client that stalls mid-request is dropped
+    request_deadline = 30.0
     error_type = RequestError
     extra_headers: ClassVar[dict[str, str]] = {
         "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff", "Content-Security-Policy": CSP,
@@ -143,6 +155,9 @@ class Handler(JsonHandler):
         return MAX_BODY_BYTES
 
     def dispatch(self, method: str) -> None:
+        self.refuse_foreign_pages()
+        if method == "POST":
+            self.require_json_type()
         url = urlsplit(self.path)
         path = url.path.rstrip("/") or "/"
         routes = {"/": ("GET", self._page), "/page.js": ("GET", self._script), "/health": ("GET", self._health),
@@ -155,11 +170,21 @@ class Handler(JsonHandler):
         if method != want:
             self._drain()
             raise RequestError(405, f"{path} takes {want}, not {method}.")
+        if method == "POST":
+            self._require_token()
         handler()
+
+    def _require_token(self) -> None:
+        given = self.headers.get(TOKEN_HEADER, "")
+        if not hmac.compare_digest(given.encode(), self.server.token.encode()):
+            self.close_connection = True
+            raise RequestError(403, f"a write needs the page's token in the {TOKEN_HEADER} header; reload the page "
+                                    f"(the token changes each time the server starts).")
 
     # ---- endpoints -------------------------------------------------------------------
     def _page(self) -> None:
-        self._send(200, PAGE_HTML.encode(), "text/html; charset=utf-8")
+        page = PAGE_HTML.replace("__TOKEN__", self.server.token)  # url-safe characters: nothing to escape
+        self._send(200, page.encode(), "text/html; charset=utf-8")
 
     def _script(self) -> None:
         self._send(200, PAGE_JS.encode(), "text/javascript; charset=utf-8")
@@ -208,3 +233,26 @@ def make_server(store: LabelStore, host: str = "127.0.0.1", port: int = 8765, an
     except OSError as exc:
         raise WhetstoneError(f"label serve: cannot listen on {host}:{port} ({exc.strerror}); choose another --port.") \
             from None
+
+
+def claim_label_log(labels: str | Path) -> int:
+    """Lock LABELS.jsonl.lock for as long as the returned descriptor is open, or say who holds it.
+
+    Two servers appending to one log would each replay only their own judgements and
+    undo against a stale stack. flock is released by the kernel when the process dies,
+    even by kill -9, so a stale lock file never blocks a restart.
+    """
+    path = Path(f"{labels}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        who = f"process {holder}" if holder.isdigit() else "another process"
+        raise WhetstoneError(f"{labels} is already being written by {who}, which holds the lock {path}; stop that "
+                             f"`whetstone label serve` first, or give this one another --out.") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
