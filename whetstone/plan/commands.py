@@ -24,6 +24,14 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the run will train (default cpu)")
     p.add_argument("--peak-tflops", type=float, metavar="T",
                    help="the device's peak TFLOP/s, for --device cuda when no GPU is here to probe")
+    p.add_argument("--gpu", metavar="NAME",
+                   help="with --device cuda: plan for this GPU from the model's config.json alone, without loading "
+                        "the weights (H100-80GB, A100-40GB, A100-80GB, L4-24GB, RTX4090-24GB)")
+    p.add_argument("--memory", metavar="SIZE",
+                   help="with --device cuda: one GPU's memory (e.g. 48GB), for a GPU --gpu does not name; "
+                        "plans from config.json alone, with --peak-tflops")
+    p.add_argument("--gpus", type=int, default=1, metavar="N",
+                   help="GPUs sharing the run under FSDP/ZeRO-3: weights, gradients and optimizer states / N")
     p.add_argument("--utilisation", type=float, default=0.4, metavar="U",
                    help="share of --peak-tflops a training step reaches (default 0.4)")
     p.add_argument("--variants", type=int, default=10, metavar="K",
@@ -41,6 +49,13 @@ def run_plan(args: argparse.Namespace) -> int:
         raise WhetstoneError(f"--variants: got {args.variants}; give the number of task variants, 1 or more.")
     if args.peak_tflops is not None and not args.peak_tflops > 0:
         raise WhetstoneError(f"--peak-tflops: got {args.peak_tflops}; give the device's peak in TFLOP/s, e.g. 989.")
+    if args.gpus < 1:
+        raise WhetstoneError(f"--gpus: got {args.gpus}; give the number of GPUs, 1 or more.")
+    if (args.gpu is not None or args.memory is not None) and args.device != "cuda":
+        raise WhetstoneError("--gpu and --memory plan a CUDA run from config.json alone; add --device cuda.")
+    if args.gpus > 1 and args.gpu is None and args.memory is None:
+        raise WhetstoneError("--gpus: sharding is planned from config.json alone; add --device cuda --gpu NAME "
+                             "(or --memory and --peak-tflops).")
     if not 0.0 < args.utilisation <= 1.0:
         raise WhetstoneError(f"--utilisation: got {args.utilisation}; must be in (0, 1], e.g. 0.4.")
     options = PlanOptions(
@@ -50,6 +65,9 @@ def run_plan(args: argparse.Namespace) -> int:
         peak_tflops=args.peak_tflops,
         utilisation=args.utilisation,
         budget=parse_size(args.memory_budget) if args.memory_budget is not None else None,
+        gpu=args.gpu,
+        memory=parse_size(args.memory, "--memory") if args.memory is not None else None,
+        gpus=args.gpus,
     )
     config = load_config(args.config, args.set)
     plan = plan_methods(config, options)

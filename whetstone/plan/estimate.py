@@ -310,7 +310,7 @@ def variants_bytes(params: ParameterCount, method: str, k: int) -> float:
     return k * output_bytes(params, method)
 
 
-def parse_size(text: str) -> float:
+def parse_size(text: str, flag: str = "--memory-budget") -> float:
     """'8GB', '512MB', '8GiB', '1.5g' -> bytes (GB and GiB both mean 2^30 here, as RSS tools report)."""
     units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
     s = text.strip().lower().removesuffix("b").removesuffix("i")
@@ -320,9 +320,9 @@ def parse_size(text: str) -> float:
         else:
             value = float(s)
     except ValueError:
-        raise WhetstoneError(f"--memory-budget: got {text!r}; write a size such as 8GB, 512MB or 16GiB.") from None
+        raise WhetstoneError(f"{flag}: got {text!r}; write a size such as 8GB, 512MB or 16GiB.") from None
     if not value > 0:
-        raise WhetstoneError(f"--memory-budget: got {text!r}; must be a positive size such as 8GB.")
+        raise WhetstoneError(f"{flag}: got {text!r}; must be a positive size such as 8GB.")
     return value
 
 

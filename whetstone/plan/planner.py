@@ -26,7 +26,14 @@ class PlanOptions:
     variants: int = 10  # K task variants for the storage column
     peak_tflops: float | None = None  # a stated device peak, for --device cuda without a GPU here
     utilisation: float = 0.4  # the share of that peak a fine-tuning step reaches (model FLOPs utilisation)
-    budget: float | None = None  # bytes; None: no recommendation
+    budget: float | None = None  # bytes; None: no recommendation (the analytic plan uses the GPU's memory)
+    gpu: str | None = None  # a known GPU (analytic.GPUS): plan from config.json alone, without the weights
+    memory: float | None = None  # bytes of one GPU, for a GPU not in that table
+    gpus: int = 1  # GPUs sharding weights, gradients and optimizer states (FSDP / ZeRO-3)
+
+    @property
+    def analytic(self) -> bool:
+        return self.device == "cuda" and (self.gpu is not None or self.memory is not None)
 
 
 @dataclass
@@ -39,6 +46,7 @@ class Plan:
     device: str
     recommendation: str | None = None
     notes: list[str] = field(default_factory=list)
+    memory_note: str | None = None  # the memory model's one-line summary, when it is not the probe's
 
     def to_dict(self) -> dict:
         return {
@@ -68,6 +76,10 @@ def plan_methods(config: RunConfig, options: PlanOptions) -> Plan:
 
     if config.stages:
         raise WhetstoneError("plan: this config is a pipeline (stages:); plan each stage's config on its own.")
+    if options.analytic:
+        from whetstone.plan.analytic import plan_analytic
+
+        return plan_analytic(config, options)
     has_cuda = torch.cuda.is_available()
     if options.device == "cuda" and not has_cuda and options.peak_tflops is None:
         raise WhetstoneError("--device cuda: there is no GPU on this machine to probe, so the time must come from a "
@@ -162,7 +174,9 @@ def render_table(plan: Plan, variants: int) -> str:
 
     big = plan.largest
     out = [line(_COLUMNS), line(["-" * w for w in widths]), *(line(row) for row in rows), ""]
-    out.append(f"memory in MB, for one process: peak = baseline {plan.rows[0].memory.baseline / 2**20:,.0f} MB "
+    out.append(plan.memory_note + f"; the largest micro-batch is {big.batch} x {big.length} tokens "
+               f"({big.supervised} supervised)." if plan.memory_note else
+               f"memory in MB, for one process: peak = baseline {plan.rows[0].memory.baseline / 2**20:,.0f} MB "
                f"(the process before its model) + weights + grads + optim (AdamW, 2 fp32 moments) + activations "
                f"+ logits + alloc (what a fresh process running the run's first steps held beyond those); "
                f"the largest micro-batch is {big.batch} x {big.length} tokens ({big.supervised} supervised).")
