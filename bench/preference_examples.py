@@ -77,7 +77,7 @@ def measure_before(config) -> dict:
     from whetstone.methods import apply_method
     from whetstone.models import load_model, load_tokenizer
     from whetstone.objectives import OBJECTIVES
-    from whetstone.train.device import autocast_context, resolve_device
+    from whetstone.train.device import autocast_context, resolve_device, resolve_precision
     from whetstone.train.loop import _seed_everything
 
     cfg = config.train
@@ -91,8 +91,9 @@ def measure_before(config) -> dict:
     model, _ = load_model(config.model, device=device)
     model = apply_method(model, config.method)
     context = objective.setup(model, config, train_set)
+    autocast = autocast_context(device, resolve_precision(device, cfg.precision))
     results = objective_loss(model, objective, eval_set, cfg.batch_size, tokenizer.pad_token_id, device, context,
-                             autocast_context(device, cfg.precision), config.eval.max_batches)
+                             autocast, config.eval.max_batches)
     return {f"eval_{k}": round(v, 6) for k, v in results.items()}
 
 

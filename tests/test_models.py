@@ -8,7 +8,6 @@ import torch
 from whetstone.config import ModelConfig
 from whetstone.errors import WhetstoneError
 from whetstone.models import load_model, resolve_model
-from whetstone.train.device import autocast_context, cpu_supports_bf16
 
 
 def test_local_directory(tiny_model_dir):
@@ -80,11 +79,3 @@ def _write_tiny_gguf(model_dir, out):
     weights = load_file(str(model_dir / "model.safetensors"))
     return write_gguf(weights, config, load_tokenizer(str(model_dir)), out, "f32", name="tiny", pre="gpt2")
 
-
-def test_bf16_on_this_cpu_is_refused_or_allowed_honestly():
-    ok, why = cpu_supports_bf16()
-    if ok:
-        assert autocast_context(torch.device("cpu"), "bf16") is not None
-    else:
-        with pytest.raises(WhetstoneError, match="bf16 refused: .*Use train.precision=fp32"):
-            autocast_context(torch.device("cpu"), "bf16")

@@ -46,6 +46,9 @@ class ModelConfig:
     """Accept pickle-based .bin/.pt weights. Off: only safetensors and GGUF load."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     """Attention kernel passed to transformers."""
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """The frozen base's weights as loaded. auto: bf16 when train.precision resolves to bf16 (and never for method
+    full), else fp32. Whatever the base, trainable weights, optimizer states and losses stay fp32."""
 
 
 @dataclass
@@ -424,8 +427,9 @@ class TrainConfig:
     """Clip the global gradient norm to this value; null disables clipping."""
     seed: int = 0
     """Seed for initialisation, data order and dropout."""
-    precision: Literal["fp32", "bf16"] = "fp32"
-    """fp32, or bf16 autocast (fp32 master weights) where the device supports bf16."""
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    """fp32, or bf16 autocast (fp32 master weights); auto: bf16 on CUDA with bf16 and on CPUs with avx512_bf16 or
+    amx_bf16, else fp32. bf16 on a CPU without those instructions runs emulated (slower), with a warning."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     """Where to train; auto picks cuda, then mps, then cpu."""
     skip_nonfinite: bool = False
@@ -661,6 +665,11 @@ class RunConfig:
                 "method: 'freeze' with nothing left trainable; set method.top_blocks (e.g. 2), "
                 "method.train_modules or method.train_head: true."
             )
+        if self.method.name == "full" and self.model.dtype in ("bf16", "fp16"):
+            problems.append(f"model.dtype: {self.model.dtype} with method full would train {self.model.dtype} weights "
+                            f"(no fp32 master copy), and small updates round away; set model.dtype: auto (fp32 "
+                            f"weights) with train.precision: bf16 for bf16 compute, or use method lora on a "
+                            f"{self.model.dtype} base.")
         if self.objective.name == "classify":
             asked = [m for m in self.eval.metrics if m not in ("loss", "accuracy", "macro_f1")]
             if asked:

@@ -12,6 +12,9 @@ conversation. The deltas go into export.json beside the output.
 Tolerances (max |logit delta| against base + adapter, fp32 forward):
     merged f32, gguf f32, peft f32    16 * eps(f32) * (layers + 1) * max |logit|  (rounding_tolerance)
     f16, bf16, q8_0                    reported with top-1 agreement; enforced at 5% of max |logit|
+
+The base loads in fp32 whatever model.dtype the run trained on (_base_config carries no dtype): a bf16 base
+only saved training memory, the adapter is fp32, so a bf16-base run is exported and bounded as an fp32 one.
 """
 
 from __future__ import annotations

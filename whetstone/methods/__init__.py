@@ -32,7 +32,21 @@ METHODS: dict[str, Callable[[torch.nn.Module, MethodConfig], torch.nn.Module]] =
 
 
 def apply_method(model: torch.nn.Module, cfg: MethodConfig) -> torch.nn.Module:
-    return METHODS[cfg.name](model, cfg)
+    model = METHODS[cfg.name](model, cfg)
+    trainable_in_fp32(model)
+    return model
+
+
+def trainable_in_fp32(model: torch.nn.Module) -> None:
+    """Cast every trainable parameter to fp32, whatever the base was loaded in (model.dtype).
+
+    A bf16 weight cannot take an update much below 1/256 of itself, so LoRA's A and B, DoRA's magnitudes, a new
+    head and freeze's unfrozen blocks train in fp32, and the optimizer's states, created like them, are fp32 too.
+    apply_method calls it; a new head (objectives classify and reward, PPO's value head) is created in fp32.
+    """
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

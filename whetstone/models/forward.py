@@ -151,7 +151,25 @@ def _softcapped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
 
 def _head_logits(head: torch.nn.Module, hidden: torch.Tensor, softcap: float | None) -> torch.Tensor:
     """All (N, V) logits at once, in fp32, through the softcap when the model has one: the unchunked path."""
-    return _softcapped(head(hidden), softcap).float()
+    return _softcapped(logits_in_fp32(head, hidden), softcap)
+
+
+def logits_in_fp32(head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """head(hidden) computed in fp32, whatever autocast or the base's dtype say: (..., H) -> (..., out).
+
+    Why: bf16 keeps 8 bits of mantissa, so a logit near 20 is rounded by up to 0.06 before the log-softmax,
+    and every loss and compared log-prob inherits that error. The head is one matmul of the whole model; in fp32
+    it costs a little speed and keeps the losses exact. A plain Linear's weight is upcast (a frozen bf16 head);
+    another module (a trained head under peft's wrapper, kept fp32 by methods.trainable_in_fp32) gets fp32 input.
+    """
+    with torch.autocast(hidden.device.type, enabled=False):
+        if type(head) is torch.nn.Linear:
+            return F.linear(hidden.float(), head.weight.float(), _float(head.bias))
+        return head(hidden.to(next(head.parameters()).dtype)).float()
+
+
+def _float(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.float()
 
 
 class _ChunkedHeadCrossEntropy(torch.autograd.Function):
@@ -179,19 +197,23 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if need_h else None  # (N, H)
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None  # (V, H)
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if need_b else None  # (V,)
+        # The head in fp32 (see logits_in_fp32): one fp32 copy of a low-precision head, (V, H), for all chunks.
+        weight32, bias32 = weight.detach().float(), _float(_detached(bias))
+        if teacher is not None:
+            t_hidden, t_weight, t_bias = teacher
+            t_weight, t_bias = t_weight.float(), _float(t_bias)
         for start in range(0, n, chunk):
-            h = hidden[start : start + chunk]  # (C, H)
-            logits = F.linear(h, weight, bias)  # (C, V), in autocast's dtype, as the unchunked head
-            z = _softcapped(logits.float(), softcap)
+            h = hidden[start : start + chunk].float()  # (C, H)
+            with torch.autocast(h.device.type, enabled=False):
+                z = _softcapped(F.linear(h, weight32, bias32), softcap)  # (C, V), fp32
             log_probs = torch.log_softmax(z, dim=-1)  # (C, V)
             if teacher is None:
                 y = targets[start : start + chunk]  # (C,)
                 token_loss[start : start + chunk] = -log_probs.gather(1, y[:, None]).squeeze(1)
             else:  # soft targets: the teacher's distribution q at the same positions, loss KL(q || p)
-                t_hidden, t_weight, t_bias = teacher
-                t_logits = F.linear(t_hidden[start : start + chunk].to(logits.dtype), t_weight.to(logits.dtype),
-                                    None if t_bias is None else t_bias.to(logits.dtype))  # (C, V)
-                q_log = torch.log_softmax(_softcapped(t_logits.float(), softcap), dim=-1)  # (C, V)
+                with torch.autocast(h.device.type, enabled=False):
+                    t_logits = F.linear(t_hidden[start : start + chunk].float(), t_weight, t_bias)  # (C, V)
+                q_log = torch.log_softmax(_softcapped(t_logits, softcap), dim=-1)  # (C, V)
                 q = q_log.exp()
                 token_loss[start : start + chunk] = (q * (q_log - log_probs)).sum(-1)
             if not (need_h or need_w or need_b):
@@ -203,11 +225,10 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
                 grad_z -= q  # d KL(q || softmax(z)) / dz = softmax(z) - q
             if softcap:
                 grad_z *= 1.0 - (z / softcap) ** 2
-            grad_logits = grad_z.to(logits.dtype)
             if need_h:
-                grad_h[start : start + chunk] = (grad_logits @ weight.to(logits.dtype)).to(hidden.dtype)
+                grad_h[start : start + chunk] = (grad_z @ weight32).to(hidden.dtype)
             if need_w:
-                grad_w += (grad_logits.t() @ h.to(logits.dtype)).float()
+                grad_w += grad_z.t() @ h
             if need_b:
                 grad_b += grad_z.sum(0)
         if per_token and (need_w or need_b):

@@ -21,6 +21,10 @@ from whetstone.errors import WhetstoneError
 from whetstone.models.embedded import EMBEDDED, convert_gguf, embedded_gguf_path
 from whetstone.models.model_files import check_model_dir
 
+# model.dtype's explicit values; `auto` depends on the run (train/device.py base_dtype), and is fp32 outside training.
+BASE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
 def quiet_transformers() -> None:
     """whetstone draws its own progress bar; transformers' per-load bars and notices are noise."""
     import warnings
@@ -138,8 +142,14 @@ def load_tokenizer(spec: str | ModelConfig, chat_template: str | None = None):
     return tokenizer
 
 
-def load_model(cfg: ModelConfig, *, device: torch.device | str = "cpu", quantize_4bit: bool = False):
-    """Return (model, resolved) with fp32 weights on `device` (or a 4-bit base for qlora)."""
+def load_model(cfg: ModelConfig, *, device: torch.device | str = "cpu", quantize_4bit: bool = False,
+               dtype: torch.dtype | None = None):
+    """Return (model, resolved) with its weights on `device` in `dtype` (or a 4-bit base for qlora).
+
+    `dtype`: training resolves model.dtype against the run (train/device.py base_dtype); without it, model.dtype
+    applies and its `auto` is fp32. The weights load straight into it, tensor by tensor: a bf16 load of fp32
+    safetensors never holds a full fp32 copy.
+    """
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
@@ -149,7 +159,7 @@ def load_model(cfg: ModelConfig, *, device: torch.device | str = "cpu", quantize
         revision=cfg.revision,
         trust_remote_code=cfg.trust_remote_code,
         attn_implementation=cfg.attn_implementation,
-        dtype=torch.float32,
+        dtype=dtype or BASE_DTYPES.get(cfg.dtype, torch.float32),
     )
     if not cfg.allow_pickle:
         kwargs["use_safetensors"] = True

@@ -35,7 +35,7 @@ from whetstone.data.dataset import DataStats
 from whetstone.data.records import Record
 from whetstone.errors import WhetstoneError
 from whetstone.methods import is_adapter_model
-from whetstone.models.forward import unwrap
+from whetstone.models.forward import logits_in_fp32, unwrap
 from whetstone.objectives.base import LossOutput, Objective
 
 HEAD_NAME = "score"  # transformers' name for the sequence-classification head
@@ -123,7 +123,7 @@ def attach_classifier(model: torch.nn.Module, labels: list[str]) -> torch.nn.Lin
     head = torch.nn.Linear(lm.config.hidden_size, len(labels), bias=False)
     # The initialisation transformers gives a fresh classification head.
     torch.nn.init.normal_(head.weight, std=getattr(lm.config, "initializer_range", 0.02))
-    setattr(lm, HEAD_NAME, head.to(device=weight.device, dtype=weight.dtype))
+    setattr(lm, HEAD_NAME, head.to(device=weight.device))  # fp32 on any base: it trains (methods.trainable_in_fp32)
     # So that a saved full model loads as AutoModelForSequenceClassification with named classes.
     lm.config.num_labels = len(labels)
     lm.config.id2label = dict(enumerate(labels))
@@ -153,7 +153,7 @@ def class_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torc
         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
     ).last_hidden_state  # (B, T, H)
     pooled = last_token_states(hidden, batch["attention_mask"])  # (B, H)
-    return getattr(lm, HEAD_NAME)(pooled).float()  # (B, C)
+    return logits_in_fp32(getattr(lm, HEAD_NAME), pooled)  # (B, C)
 
 
 def class_weights(spec: list[float] | str | None, labels: list[str], train_labels: list[str]) -> list[float] | None:

@@ -28,7 +28,7 @@ from whetstone.config import RunConfig, config_from_dict, read_yaml
 from whetstone.data.records import Message
 from whetstone.errors import WhetstoneError
 from whetstone.methods import is_adapter_model
-from whetstone.models.forward import unwrap
+from whetstone.models.forward import logits_in_fp32, unwrap
 from whetstone.objectives.base import LossOutput, Objective
 from whetstone.objectives.logprobs import pad_rows, render_completion
 from whetstone.objectives.preference import collate_pairs, count_pairs, pair_metrics, prepare_pairs
@@ -57,7 +57,7 @@ def attach_head(model: torch.nn.Module, kind: str) -> torch.nn.Module:
     torch.nn.init.normal_(head.weight, std=getattr(lm.config, "initializer_range", 0.02))
     if head.bias is not None:
         torch.nn.init.zeros_(head.bias)
-    setattr(lm, name, head.to(device=weight.device, dtype=weight.dtype))
+    setattr(lm, name, head.to(device=weight.device))  # fp32 on any base: it trains (methods.trainable_in_fp32)
     if kind == "seq_cls":
         lm.config.num_labels = 1  # so a saved full model loads as AutoModelForSequenceClassification
     if is_adapter_model(model):
@@ -78,7 +78,7 @@ def sequence_rewards(model: torch.nn.Module, batch: dict[str, torch.Tensor], kin
     ).last_hidden_state  # (R, T, H)
     last = batch["attention_mask"].sum(dim=1) - 1  # (R,)
     pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (R, H)
-    return getattr(lm, HEAD_NAMES[kind])(pooled).squeeze(-1).float()  # (R,)
+    return logits_in_fp32(getattr(lm, HEAD_NAMES[kind]), pooled).squeeze(-1)  # (R,)
 
 
 # ---------------------------------------------------------------------------

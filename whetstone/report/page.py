@@ -260,9 +260,16 @@ def _cost(summary: dict, run: Path) -> str:
          f"({_num(summary.get('trainable_pct'))} %)"],
         [f"output size ({weights.name}/)", human_bytes(_bytes(weights))],
         ["checkpoints size", human_bytes(_bytes(run / "checkpoints"))],
-        ["device / precision", f"{summary.get('device', 'n/a')} / {summary.get('precision', 'n/a')}"],
+        ["device / precision / base dtype", f"{summary.get('device', 'n/a')} / {_precision(summary)} / "
+                                            f"{summary.get('model_dtype', 'n/a')}"],
     ]
     return _table(["cost", "value"], rows)
+
+
+def _precision(summary: dict) -> str:
+    """The resolved precision; a run from before `train.precision: auto` recorded only the asked string."""
+    precision = summary.get("precision", "n/a")
+    return precision["resolved"] if isinstance(precision, dict) else str(precision)
 
 
 def _data(summary: dict) -> str:

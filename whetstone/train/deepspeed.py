@@ -100,7 +100,9 @@ def engine_config(ds: dict, cfg: TrainConfig, micro_batch: int, world_size: int,
         problems.append("fp16 is enabled, but whetstone trains in fp32 or bf16 (train.precision); remove 'fp16' or "
                         "set its 'enabled' to false.")
     bf16 = dict(ds.get("bf16") or {})
-    wanted = cfg.precision == "bf16"
+    # DeepSpeed runs on CUDA, where auto means bf16 if the GPU computes it (train/device.py resolve_precision).
+    wanted = cfg.precision == "bf16" or (cfg.precision == "auto" and torch.cuda.is_available()
+                                         and torch.cuda.is_bf16_supported())
     if bf16.get("enabled", "auto") == "auto":
         bf16["enabled"] = wanted
         out["bf16"] = bf16

@@ -37,7 +37,8 @@ from whetstone.models import load_model, load_tokenizer
 from whetstone.objectives import objective_for
 from whetstone.train import distributed
 from whetstone.train.checkpoint import TrainState, save_checkpoint
-from whetstone.train.device import autocast_context, resolve_device
+from whetstone.train.device import (announce_precision, autocast_context, base_dtype, precision_entries,
+                                    resolve_device, resolve_precision)
 from whetstone.train.resume import starting_point
 from whetstone.train.run_dir import RunDirectory
 
@@ -183,7 +184,10 @@ def train(
     strategy = distributed.resolve_strategy(config)  # ddp, fsdp or deepspeed; fails here, before any work
     device = resolve_device(cfg.device)
     distributed.init(device)
-    autocast = autocast_context(device, cfg.precision)
+    precision = resolve_precision(device, cfg.precision)
+    dtype = base_dtype(config, precision)  # refuses a base the method cannot train on, before any work
+    announce_precision(precision, _say)
+    autocast = autocast_context(device, precision)
     _seed_everything(cfg.seed)
 
     objective = objective_for(config)
@@ -211,7 +215,7 @@ def train(
     task_names = sorted({t or "default" for t in train_set.tasks})
     task_of = [t or "default" for t in train_set.tasks] if len(task_names) > 1 else None
 
-    model, resolved = load_model(config.model, device=device, quantize_4bit=config.method.name == "qlora")
+    model, resolved = load_model(config.model, device=device, quantize_4bit=config.method.name == "qlora", dtype=dtype)
     model = apply_method(model, config.method)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -359,6 +363,7 @@ def train(
         # End-of-training metrics, forgetting probe and canaries, as far as config.eval and data.canaries ask.
         final = final_evaluation(model, tokenizer, config, run.path, eval_records)
     summary = _summary(config, run, state, plan, data_stats, trainable, total, device, t_start, stopped_early) | final
+    summary |= precision_entries(precision, dtype)
     if interpolated:
         summary |= {"eval_loss_before_interpolation": summary["eval_loss"]} | interpolated
     if mixture is not None:
@@ -449,7 +454,6 @@ def _summary(config: RunConfig, run: RunDirectory, state: TrainState, plan: Step
         "trainable_pct": round(100 * trainable / total, 4),
         "method": config.method.name,
         "device": device.type,
-        "precision": config.train.precision,
         "data": {
             "format": data_stats.format,
             "records": data_stats.records,

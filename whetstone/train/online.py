@@ -40,10 +40,11 @@ from whetstone.errors import WhetstoneError
 from whetstone.methods import apply_method, count_parameters, is_adapter_model
 from whetstone.methods.lora import interpolate_toward_base
 from whetstone.models import load_model, load_tokenizer
-from whetstone.models.forward import unwrap
+from whetstone.models.forward import logits_in_fp32, unwrap
 from whetstone.train import distributed
 from whetstone.train.checkpoint import save_checkpoint
-from whetstone.train.device import autocast_context, resolve_device
+from whetstone.train.device import (announce_precision, autocast_context, base_dtype, precision_entries,
+                                    resolve_device, resolve_precision)
 from whetstone.train.loop import (
     StepCallback,
     StopSignal,
@@ -180,14 +181,14 @@ def completion_forward(model, rollout: Rollout, temperature: float, value_head=N
     hidden = lm.get_decoder()(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
                               position_ids=position_ids, use_cache=False).last_hidden_state  # (N, P+L, H)
     hidden = hidden[:, rollout.n_prompt - 1 : -1]  # (N, L, H): position t predicts completion token t
-    logits = lm.get_output_embeddings()(hidden).float()  # (N, L, V): the cost of PPO is this tensor
+    logits = logits_in_fp32(lm.get_output_embeddings(), hidden)  # (N, L, V): the cost of PPO is this tensor
     softcap = getattr(lm.config, "final_logit_softcapping", None)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     all_logps = torch.log_softmax(logits / temperature, dim=-1)
     logps = all_logps.gather(-1, rollout.completion_ids[..., None]).squeeze(-1) * rollout.mask  # (N, L)
     entropy = -(all_logps.exp() * all_logps).sum(dim=-1) * rollout.mask  # (N, L)
-    values = value_head(hidden).squeeze(-1).float() * rollout.mask if value_head is not None else None  # (N, L)
+    values = logits_in_fp32(value_head, hidden).squeeze(-1) * rollout.mask if value_head is not None else None  # (N, L)
     return logps, entropy, values
 
 
@@ -309,7 +310,10 @@ def train_online(config: RunConfig | None, run_dir=None, *, resume: bool = False
     if distributed.world()[1] > 1:
         raise WhetstoneError(f"objective {obj.name} runs on one process; launch it without torchrun/accelerate.")
     device = resolve_device(cfg.device)
-    autocast = autocast_context(device, cfg.precision)
+    precision = resolve_precision(device, cfg.precision)
+    dtype = base_dtype(config, precision)  # refuses a base the method cannot train on, before any work
+    announce_precision(precision, lambda line: print(line, flush=True))
+    autocast = autocast_context(device, precision)
     _seed_everything(cfg.seed)
 
     tokenizer = load_tokenizer(config.model, config.data.chat_template)
@@ -324,7 +328,7 @@ def train_online(config: RunConfig | None, run_dir=None, *, resume: bool = False
           f"{len(eval_prompts)} eval prompts", flush=True)
     start = starting_point(run, config, resume, accept_changes)  # a resume that cannot go on stops here
 
-    model, resolved = load_model(config.model, device=device)
+    model, resolved = load_model(config.model, device=device, dtype=dtype)
     model = apply_method(model, config.method)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -479,8 +483,7 @@ def train_online(config: RunConfig | None, run_dir=None, *, resume: bool = False
         "method": config.method.name,
         "objective": obj.name,
         "device": device.type,
-        "precision": cfg.precision,
-    }
+    } | precision_entries(precision, dtype)
     if not stopped_early:
         interpolate_toward_base(model, config.method.interpolate)
         _save_weights(model, tokenizer, run.path, resolved.path)
