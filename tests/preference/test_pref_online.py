@@ -115,8 +115,8 @@ def _online_config(tmp_path, tiny_model_dir, objective, *overrides):
 
 
 # Sampled rollouts take other paths wherever a CPU's kernels round differently, so the gain is not one number.
-# Measured over seeds 0-2 with AVX-512, AVX2 and scalar kernels: PPO +0.20 to +0.25 (KL 2.0-2.6), GRPO +0.14 to +0.19
-# (KL 2.4-2.6; by step 28 its KL passes the bound below). The untrained policy scores 0.17-0.24.
+# Measured with seeds 0 and 2 under AVX-512, AVX2 and scalar kernels: PPO +0.195 to +0.25 (KL 2.0-2.6),
+# GRPO +0.14 to +0.19 (KL 2.4-2.6; by step 28 its KL passes the bound below). The untrained policy scores 0.17-0.24.
 @pytest.mark.parametrize("objective,overrides", [
     ("ppo", ["train.max_steps=60", "train.lr=1e-2", "objective.rollout_batch_size=16", "train.batch_size=16",
              "objective.vf_coef=0.5", "objective.kl_coef=0.05", "eval.every=60"]),
