@@ -12,6 +12,9 @@ from tiny_runs import write_jsonl
 # Two cores: keep torch from oversubscribing them, and tokenizers from forking threads.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# train.precision auto is bf16 on CPUs with bf16 instructions: pin it to fp32, so that the suite's pinned losses and
+# outcome bounds hold on any machine (subprocesses inherit it). tests/test_precision.py unsets it to test auto.
+os.environ["WHETSTONE_AUTO_PRECISION"] = "fp32"
 
 
 @pytest.fixture(scope="session")

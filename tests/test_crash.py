@@ -127,13 +127,13 @@ def _poison(monkeypatch, at_step: int) -> None:
                 out.loss_sum = out.loss_sum * float("nan")
         return out
 
-    monkeypatch.setitem(OBJECTIVES, "sft", dataclasses.replace(SFT, loss=loss))
+    monkeypatch.setitem(OBJECTIVES, "sft", dataclasses.replace(SFT, loss=loss))  # the unpacked SFT: data.packing=false
 
 
 def test_nan_stops_with_step_and_records(tmp_path, tiny_model_dir, qa_file, monkeypatch):
     _poison(monkeypatch, at_step=3)
     config = tiny_config(tiny_model_dir, qa_file, "train.max_steps=5", "train.checkpoint_every=1",
-                         "train.batch_size=2")
+                         "train.batch_size=2", "data.packing=false")
     with pytest.raises(WhetstoneError) as info:
         train(config, tmp_path / "run", progress=False)
     message = str(info.value)
@@ -144,7 +144,8 @@ def test_nan_stops_with_step_and_records(tmp_path, tiny_model_dir, qa_file, monk
 
 def test_skip_nonfinite_skips_and_counts(tmp_path, tiny_model_dir, qa_file, monkeypatch):
     _poison(monkeypatch, at_step=2)
-    config = tiny_config(tiny_model_dir, qa_file, "train.max_steps=4", "train.skip_nonfinite=true")
+    config = tiny_config(tiny_model_dir, qa_file, "train.max_steps=4", "train.skip_nonfinite=true",
+                         "data.packing=false")
     summary = train(config, tmp_path / "run", progress=False)
     assert summary["steps"] == 4 and summary["skipped_steps"] == 1
     weights = latest_trainable(tmp_path / "run")

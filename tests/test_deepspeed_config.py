@@ -43,7 +43,8 @@ def test_conflicting_values_are_one_error_naming_each():
     ds = {"train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 4, "gradient_clipping": 1.0,
           "optimizer": {"type": "AdamW"}, "fp16": {"enabled": True}, "bf16": {"enabled": True}}
     with pytest.raises(WhetstoneError) as info:
-        engine_config(ds, TrainConfig(batch_size=8, grad_accum=1, max_grad_norm=1.0), micro_batch=8, world_size=2)
+        engine_config(ds, TrainConfig(batch_size=8, grad_accum=1, max_grad_norm=1.0, precision="fp32"), micro_batch=8,
+                      world_size=2)
     message = str(info.value)
     assert "train_micro_batch_size_per_gpu is 2 but train.batch_size (per process) gives 8" in message
     assert "gradient_accumulation_steps is 4 but train.grad_accum gives 1" in message

@@ -128,7 +128,8 @@ def test_zero2_skips_a_nonfinite_step_like_one_process(tmp_path, tiny_model_dir,
         return out
 
     common = [f"model={tiny_model_dir}", f"data.train={qa_file}", "train.max_steps=5", "train.lr=1e-3",
-              "train.warmup=0.0", "train.log_every=1", "method.dropout=0.0", "train.skip_nonfinite=true"]
+              "train.warmup=0.0", "train.log_every=1", "method.dropout=0.0", "train.skip_nonfinite=true",
+              "data.packing=false"]  # the poisoned loss is the registry's unpacked SFT
     with monkeypatch.context() as patch:
         patch.setitem(OBJECTIVES, "sft", dataclasses.replace(SFT, loss=poisoned))
         single = train(tiny_config(tiny_model_dir, qa_file, *common[2:], "train.batch_size=8"), tmp_path / "single",

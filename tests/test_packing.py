@@ -134,7 +134,8 @@ def test_packed_training_follows_the_unpacked_trajectory(tmp_path, tiny_model_di
     losses = {}
     for packing in (False, True):
         config = tiny_config(tiny_model_dir, qa_file, "train.max_steps=10", "train.batch_size=8",
-                             "data.max_length=192", f"data.packing={str(packing).lower()}")
+                             "data.max_length=192", f"data.packing={str(packing).lower()}",
+                             "objective.share_prompt=false")
         summary = train(config, tmp_path / f"packing-{packing}", progress=False)
         losses[packing] = _losses(tmp_path / f"packing-{packing}")
         assert summary["steps"] == 10
@@ -147,7 +148,7 @@ def test_packed_training_follows_the_unpacked_trajectory(tmp_path, tiny_model_di
 
 def test_shared_prefix_training_follows_the_unpacked_trajectory(tmp_path, tiny_model_dir, qa_file):
     summaries, losses = {}, {}
-    for name, sets in (("unpacked", []), ("shared", ["data.packing=true", "objective.share_prompt=true"])):
+    for name, sets in (("unpacked", ["data.packing=false"]), ("shared", ["data.packing=true", "objective.share_prompt=true"])):
         config = tiny_config(tiny_model_dir, qa_file, "train.max_steps=6", "train.batch_size=8",
                              "data.max_length=192", *sets)
         summaries[name] = train(config, tmp_path / name, progress=False)
@@ -161,8 +162,11 @@ def test_packing_is_refused_where_it_cannot_apply(tiny_model_dir, qa_file):
         with pytest.raises(ConfigError, match=f"data.packing: objective {objective}"):
             load_config(None, [f"model={tiny_model_dir}", f"data.train={qa_file}", f"objective={objective}",
                                "data.packing=true"])
-    with pytest.raises(ConfigError, match="data.packing with model.attn_implementation flash_attention_2"):
-        load_config(None, [f"model={tiny_model_dir}", f"data.train={qa_file}", "data.packing=true",
+    # flash-attention packs (one padding-free row per micro-batch) but reads no shared-prefix mask.
+    load_config(None, [f"model={tiny_model_dir}", f"data.train={qa_file}", "data.packing=true",
+                       "model.attn_implementation=flash_attention_2"])
+    with pytest.raises(ConfigError, match="objective.share_prompt with model.attn_implementation flash_attention_2"):
+        load_config(None, [f"model={tiny_model_dir}", f"data.train={qa_file}", "objective.share_prompt=true",
                            "model.attn_implementation=flash_attention_2"])
     with pytest.raises(ConfigError, match="data.packing with train.strategy fsdp"):
         load_config(None, [f"model={tiny_model_dir}", f"data.train={qa_file}", "train.strategy=fsdp",

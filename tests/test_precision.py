@@ -42,7 +42,33 @@ def _batch(vocab: int, rows: int = 2, length: int = 12) -> dict[str, torch.Tenso
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
+@pytest.fixture(autouse=True)
+def _auto_unpinned(monkeypatch):
+    """conftest pins auto to fp32 for the rest of the suite; here auto is what is tested."""
+    monkeypatch.delenv(device_module.PIN_AUTO, raising=False)
+
+
 # ---- auto, and what an explicit bf16 does -----------------------------------------------------------------------
+
+
+def test_the_pin_decides_auto_on_any_cpu_and_leaves_explicit_values_alone(monkeypatch):
+    _cpu_has_bf16(monkeypatch, True)
+    monkeypatch.setenv(device_module.PIN_AUTO, "fp32")
+    pinned = resolve_precision(CPU, "auto")
+    assert (pinned.asked, pinned.resolved, pinned.why) == ("auto", "fp32", "pinned to fp32 by WHETSTONE_AUTO_PRECISION")
+    assert resolve_precision(CPU, "bf16").resolved == "bf16"  # an explicit value is the user's
+    _cpu_has_bf16(monkeypatch, False)
+    monkeypatch.setenv(device_module.PIN_AUTO, "bf16")
+    emulated = resolve_precision(CPU, "auto")
+    assert (emulated.resolved, emulated.emulated) == ("bf16", True)
+    assert emulated.why.startswith("pinned to bf16 by WHETSTONE_AUTO_PRECISION; this CPU has neither")
+    monkeypatch.setenv(device_module.PIN_AUTO, "fp16")
+    with pytest.raises(WhetstoneError, match="WHETSTONE_AUTO_PRECISION: got 'fp16'; set it to fp32 or bf16"):
+        resolve_precision(CPU, "auto")
+
+
+def test_auto_is_the_default():
+    assert load_config(None, ["data.train=x.jsonl"]).train.precision == "auto"
 
 
 @pytest.mark.parametrize("has, resolved", [(True, "bf16"), (False, "fp32")])

@@ -142,11 +142,11 @@ class ObjectiveConfig:
     """dpo: average log-probs per token instead of summing; null uses the paper's choice (on for ipo, simpo, orpo)."""
     precompute_reference: bool = False
     """dpo: compute reference log-probs once before training; full fine-tuning then keeps no second model."""
-    share_prompt: bool = False
+    share_prompt: bool | None = None
     """sft and dpo with data.packing: read a shared prompt prefix once, the answers branching from it (prefix
     sharing). DPO shares each pair's prompt between its two answers; SFT shares what a row's examples begin
     with alike (a chat template's system prompt, say). The same losses and gradients, fewer tokens through the
-    model."""
+    model. null (the default): on wherever data.packing is (train/fast_path.py)."""
     desirable_weight: float = 1.0
     """kto: weight of the loss on desirable (thumbs-up) examples."""
     undesirable_weight: float = 1.0
@@ -344,10 +344,11 @@ class DataConfig:
     """T of data.mixing: temperature (mT5 used about 3.3); applies only with that mixing."""
     replay: ReplayConfig | None = None
     """{source: PATH, fraction: 0.1}: general data mixed in at that fraction of the draws, task 'replay'."""
-    packing: bool = False
+    packing: bool | None = None
     """sft, dpo: concatenate a micro-batch's sequences (dpo: chosen and rejected answers) into rows of at most
     max_length tokens (attention stays within each sequence), so less compute goes to padding. Same loss per
-    example; see data/packing.py."""
+    example; see data/packing.py. null (the default): on for sft and dpo wherever it applies, off (with a line
+    saying why) elsewhere (train/fast_path.py)."""
     group_by_length: bool = False
     """Order each optimizer step's examples by length before splitting them into micro-batches (and processes),
     so each pads less. Each step keeps the same examples; it helps only with grad_accum > 1 or several processes."""
@@ -427,7 +428,7 @@ class TrainConfig:
     """Clip the global gradient norm to this value; null disables clipping."""
     seed: int = 0
     """Seed for initialisation, data order and dropout."""
-    precision: Literal["auto", "fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     """fp32, or bf16 autocast (fp32 master weights); auto: bf16 on CUDA with bf16 and on CPUs with avx512_bf16 or
     amx_bf16, else fp32. bf16 on a CPU without those instructions runs emulated (slower), with a warning."""
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
@@ -684,9 +685,9 @@ class RunConfig:
                     f"eval: {self.objective.name} evaluates the held-out mean reward and KL itself, so it does not run "
                     f"{', '.join(asked)}; remove them, or evaluate the finished run with `whetstone eval --run`."
                 )
-        if self.objective.share_prompt and not (self.objective.name in PACKABLE and self.data.packing):
-            problems.append(f"objective.share_prompt applies to objectives {' and '.join(PACKABLE)} with data.packing: "
-                            f"true (got objective {self.objective.name}, data.packing "
+        if self.objective.share_prompt and not (self.objective.name in PACKABLE and self.data.packing is not False):
+            problems.append(f"objective.share_prompt applies to objectives {' and '.join(PACKABLE)} with data.packing "
+                            f"on (got objective {self.objective.name}, data.packing "
                             f"{str(self.data.packing).lower()}).")
         if self.data.packing and self.objective.name not in PACKABLE:
             problems.append(f"data.packing: objective {self.objective.name} keeps one sequence per row "
@@ -695,10 +696,11 @@ class RunConfig:
         if self.data.replay is not None and self.data.replay.distill and self.objective.name != "sft":
             problems.append(f"data.replay.distill: objective {self.objective.name} does not learn from tokens, so "
                             f"there is nothing to distil; it is for objective sft. Set data.replay.distill: false.")
-        if self.data.packing and self.model.attn_implementation == "flash_attention_2":
-            problems.append("data.packing with model.attn_implementation flash_attention_2: transformers reads packed "
-                            "examples from position ids there only for a single row, so attention would cross "
-                            "examples; use attn_implementation sdpa (or eager), or set data.packing: false.")
+        if self.objective.share_prompt and self.model.attn_implementation == "flash_attention_2":
+            problems.append("objective.share_prompt with model.attn_implementation flash_attention_2: a shared prefix "
+                            "needs a custom attention mask, which flash-attention cannot read; set "
+                            "objective.share_prompt: false (packing still applies, as one padding-free row per "
+                            "micro-batch), or use attn_implementation sdpa.")
         if self.train.strategy in ("fsdp", "deepspeed") or self.train.deepspeed is not None:
             problems += sharding_problems(self, "deepspeed" if self.train.deepspeed else self.train.strategy)
         return problems

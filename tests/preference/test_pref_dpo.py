@@ -124,7 +124,8 @@ def test_packed_dpo_follows_the_unpacked_trajectory(tmp_path, tiny_model_dir, pa
     runs = {}
     for packing in ("false", "true"):
         config = pref_config(tiny_model_dir, "objective=dpo", f"data.train={train_file}", f"data.eval={eval_file}",
-                             "train.max_steps=6", "train.batch_size=8", f"data.packing={packing}")
+                             "train.max_steps=6", "train.batch_size=8", f"data.packing={packing}",
+                             "objective.share_prompt=false")
         train(config, tmp_path / packing, progress=False)
         runs[packing] = read_metrics(tmp_path / packing)
     for a, b in zip(runs["false"], runs["true"], strict=True):
@@ -138,7 +139,7 @@ def test_shared_prompt_dpo_follows_the_unpacked_trajectory(tmp_path, tiny_model_
     """objective.share_prompt: each pair's prompt read once; the same losses, accuracies and token counts."""
     train_file, eval_file = pair_files
     runs, summaries = {}, {}
-    for name, sets in (("unpacked", []), ("shared", ["data.packing=true", "objective.share_prompt=true"])):
+    for name, sets in (("unpacked", ["data.packing=false"]), ("shared", ["data.packing=true", "objective.share_prompt=true"])):
         config = pref_config(tiny_model_dir, "objective=dpo", f"data.train={train_file}", f"data.eval={eval_file}",
                              "train.max_steps=6", "train.batch_size=8", *sets)
         summaries[name] = train(config, tmp_path / name, progress=False)
@@ -150,7 +151,7 @@ def test_shared_prompt_dpo_follows_the_unpacked_trajectory(tmp_path, tiny_model_
     assert summaries["shared"]["tokens"] == summaries["unpacked"]["tokens"]  # the sequences' tokens, as unshared
 
 
-@pytest.mark.parametrize("sets", [["objective.share_prompt=true"],
+@pytest.mark.parametrize("sets", [["data.packing=false", "objective.share_prompt=true"],
                                   ["objective=kto", "data.packing=true", "objective.share_prompt=true"]])
 def test_share_prompt_needs_packed_sft_or_dpo(tiny_model_dir, pair_files, sets):
     with pytest.raises(WhetstoneError, match="objective.share_prompt applies to objectives sft and dpo with data.packing"):

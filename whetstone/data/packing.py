@@ -14,8 +14,12 @@ Packing changes only the layout, never what is computed:
   find_packed_sequence_indices) builds that block-diagonal causal mask itself
   when it gets position_ids and no attention_mask, for sdpa and eager; so a
   packed batch carries no 2D mask into the model (models/forward.py leaves it
-  out). flash_attention_2 reads packing from position_ids only for one row
-  (modeling_flash_attention_utils._is_packed_sequence), so config.py refuses it;
+  out). flash_attention_2 reads packing from position_ids only when the batch
+  is one row (modeling_flash_attention_utils._is_packed_sequence, then its
+  varlen kernel over the examples' spans), so with flash_attention_2 a packed
+  micro-batch is ONE row of all its examples back to back, unpadded
+  (row_capacity: no limit). Shared prefixes need a 4D mask, which flash
+  cannot read, so they stay with sdpa and eager;
 - the first token of each example gets the label -100, as it has in its own
   row: it must not be predicted from the previous example's last token;
 - `example_ids` says which example of the micro-batch each token belongs to, so
@@ -35,8 +39,20 @@ from whetstone.data.batches import with_distill_mask
 from whetstone.data.render import IGNORE, Rendered
 
 
-def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+def row_capacity(max_length: int, attn_implementation: str) -> int | None:
+    """Tokens a packed row may hold: data.max_length, or None (no limit: the micro-batch in one row) for flash.
+
+    flash_attention_2 cannot take the block-diagonal mask sdpa and eager build from several rows' position ids;
+    it runs its varlen kernel over the examples of a batch of ONE row, split where the position ids restart.
+    That row is the micro-batch's tokens exactly, so it costs no padding at all, and as many tokens as the rows.
+    """
+    return None if attn_implementation == "flash_attention_2" else max_length
+
+
+def pack_rows(lengths: list[int], capacity: int | None) -> list[list[int]]:
     """Indices of the examples in each row, each row holding at most `capacity` tokens; an example is never split.
+
+    capacity None (row_capacity, for flash_attention_2): one row of every example, in the order given.
 
     First-fit decreasing finds how few rows the examples fit in, k. Its rows are as full as it can make
     them, and the last one is often nearly empty, yet the batch pads every row to the longest. So the
@@ -45,6 +61,8 @@ def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     that overfill a row, the first-fit rows are kept. An example longer than `capacity` (not produced by
     data/render.py, which truncates) gets a row of its own. Deterministic: ties go to the lower index.
     """
+    if capacity is None:
+        return [list(range(len(lengths)))]
     first_fit = _first_fit_decreasing(lengths, capacity)
     rows: list[list[int]] = [[] for _ in first_fit]
     filled = [0] * len(first_fit)
@@ -81,8 +99,8 @@ def collate_packed_shared(examples: list[Rendered], pad_id: int, max_length: int
     return batch
 
 
-def collate_packed(examples: list[Rendered], pad_id: int, max_length: int) -> dict[str, torch.Tensor]:
-    """Pack `examples` into rows of at most `max_length` tokens, right-padded to the longest row.
+def collate_packed(examples: list[Rendered], pad_id: int, max_length: int | None) -> dict[str, torch.Tensor]:
+    """Pack `examples` into rows of at most `max_length` tokens (None: one row), right-padded to the longest row.
 
     Besides input_ids, labels and attention_mask (1 on real tokens: the loop counts real tokens with it),
     the batch holds position_ids and example_ids (-1 on padding), each (R, T).
@@ -92,7 +110,7 @@ def collate_packed(examples: list[Rendered], pad_id: int, max_length: int) -> di
 
 
 def pack_sequences(sequences: list[tuple[list[int], list[int]]], pad_id: int,
-                   max_length: int) -> tuple[dict[str, torch.Tensor], list[list[int]]]:
+                   max_length: int | None) -> tuple[dict[str, torch.Tensor], list[list[int]]]:
     """(input_ids, labels) sequences packed into rows (collate_packed's batch), and which sequences each row holds.
 
     example_ids numbers the sequences in the order given.

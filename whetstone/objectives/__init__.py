@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from whetstone.data.packing import row_capacity
 from whetstone.objectives.base import LossOutput, Objective
 from whetstone.objectives.classify import CLASSIFY
 from whetstone.objectives.kto import KTO
@@ -26,19 +27,22 @@ OBJECTIVES: dict[str, Objective] = {
     "kto": KTO,
 }
 
-# data.packing: the objective with its sequences packed into rows of at most max_length tokens (config.PACKABLE).
-PACKED: dict[str, Callable[[int], Objective]] = {"sft": packed_sft, "dpo": packed_dpo}
+# data.packing: the objective with its sequences packed into rows of at most a capacity of tokens, None: one row
+# (config.PACKABLE; data/packing.py row_capacity).
+PACKED: dict[str, Callable[[int | None], Objective]] = {"sft": packed_sft, "dpo": packed_dpo}
 # objective.share_prompt: packed, with a shared prefix read once (SFT: a row's examples'; DPO: a pair's prompt).
 SHARED: dict[str, Callable[[int], Objective]] = {"sft": shared_prefix_sft, "dpo": shared_prompt_dpo}
-
 
 
 def objective_for(config) -> Objective:
     """The run's objective: config.objective.name, with its sequences packed when data.packing is on."""
     if config.data.packing and config.objective.share_prompt:  # sft and dpo only (config validation)
+        # Shared prefixes need a 4D mask, which flash_attention_2 cannot read: config validation keeps them apart.
+        assert config.model.attn_implementation != "flash_attention_2", "share_prompt with flash_attention_2"
         return SHARED[config.objective.name](config.data.max_length)
     if config.data.packing:  # config validation allows it for config.PACKABLE only
-        return PACKED[config.objective.name](config.data.max_length)
+        # flash_attention_2 reads packed examples from one row only: the micro-batch becomes that row.
+        return PACKED[config.objective.name](row_capacity(config.data.max_length, config.model.attn_implementation))
     return OBJECTIVES[config.objective.name]
 
 

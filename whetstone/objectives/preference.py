@@ -187,7 +187,7 @@ def collate_pairs(examples: list[PairExample], pad_id: int) -> dict[str, torch.T
     return batch
 
 
-def collate_pairs_packed(examples: list[PairExample], pad_id: int, max_length: int) -> dict[str, torch.Tensor]:
+def collate_pairs_packed(examples: list[PairExample], pad_id: int, max_length: int | None) -> dict[str, torch.Tensor]:
     """collate_pairs' sequences (chosen 0..B-1, rejected B..2B-1, numbered so by example_ids), packed into rows."""
     sequences = [(e.chosen.input_ids, e.chosen.labels) for e in examples]
     sequences += [(e.rejected.input_ids, e.rejected.labels) for e in examples]
@@ -324,8 +324,9 @@ DPO = Objective(name="dpo", prepare=prepare_pairs, collate=collate_pairs, units=
                 loss=preference_loss, setup=setup_preference)
 
 
-def packed_dpo(max_length: int) -> Objective:
-    """DPO whose chosen and rejected sequences are packed into rows of at most `max_length` tokens (data.packing)."""
+def packed_dpo(max_length: int | None) -> Objective:
+    """DPO whose chosen and rejected sequences are packed into rows of at most `max_length` tokens, None: one row
+    (data.packing)."""
     return dataclasses.replace(DPO, collate=lambda examples, pad_id: collate_pairs_packed(examples, pad_id, max_length))
 
 

@@ -90,8 +90,8 @@ def setup_sft(model, config, train_set) -> SFTContext:
 SFT = Objective(name="sft", prepare=tokenize, collate=collate, units=supervised_count, loss=sft_loss, setup=setup_sft)
 
 
-def packed_sft(max_length: int) -> Objective:
-    """SFT whose micro-batches are packed into rows of at most `max_length` tokens (data.packing)."""
+def packed_sft(max_length: int | None) -> Objective:
+    """SFT whose micro-batches are packed into rows of at most `max_length` tokens, None: one row (data.packing)."""
     return dataclasses.replace(SFT, collate=lambda examples, pad_id: collate_packed(examples, pad_id, max_length))
 
 

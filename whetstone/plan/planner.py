@@ -17,6 +17,8 @@ from whetstone.objectives.preference import LOSSES
 from whetstone.plan import estimate
 from whetstone.plan.estimate import METHOD_NAMES, MethodPlan
 from whetstone.plan.probe import MethodProbe, prepare_run, probe_in_fresh_process, rss_bytes
+from whetstone.train.device import resolve_precision
+from whetstone.train.fast_path import resolve_fast_path
 
 
 @dataclass
@@ -76,6 +78,7 @@ def plan_methods(config: RunConfig, options: PlanOptions) -> Plan:
 
     if config.stages:
         raise WhetstoneError("plan: this config is a pipeline (stages:); plan each stage's config on its own.")
+    config, _ = resolve_fast_path(config, "single")  # the probes run one process, with the run's own layout
     if options.analytic:
         from whetstone.plan.analytic import plan_analytic
 
@@ -91,8 +94,9 @@ def plan_methods(config: RunConfig, options: PlanOptions) -> Plan:
         notes.append("objective dpo: each micro-batch is planned as its chosen and rejected sequences"
                      + ("; the time and the FLOPs per token include the reference model's forward." if reference
                         else f"; loss {config.objective.loss} uses no reference model."))
-    if config.train.precision != "fp32":
-        notes.append("the memory model assumes fp32 activations; bf16 autocast keeps fewer bytes per activation.")
+    if resolve_precision(probe_device, config.train.precision).resolved != "fp32":
+        notes.append(f"train.precision {config.train.precision} trains in bf16 on this {probe_device.type}, but the "
+                     f"probe measures fp32 weights and activations: the run itself needs less.")
     tokenizer = load_tokenizer(config.model, config.data.chat_template)
     _, train_set, shape = prepare_run(config, tokenizer)  # the run's shape; each probe prepares its own copy
     if len(train_set.examples) == 0:

@@ -35,6 +35,7 @@ class TrainState:
     step: int = 0  # optimizer steps completed
     tokens: int = 0  # real (non-padding) tokens trained on so far
     supervised_tokens: int = 0
+    tokens_read: int = 0  # real tokens through the model: fewer than `tokens` where share_prompt reads a prefix once
     train_seconds: float = 0.0  # time spent in training steps, across resumes
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient (train.skip_nonfinite)
     extra: dict = field(default_factory=dict)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import os
 from dataclasses import dataclass
 
 import torch
@@ -51,9 +53,23 @@ class Precision:
         return f"precision: {self.resolved} (train.precision {self.asked}: {self.why})"
 
 
+# Pins what `auto` resolves to on every machine (fp32 or bf16), for figures that must not depend on the CPU a
+# run lands on: the test suite sets fp32, so its pinned losses hold with and without bf16 instructions.
+PIN_AUTO = "WHETSTONE_AUTO_PRECISION"
+
+
 def resolve_precision(device: torch.device, asked: str) -> Precision:
     """`auto` is bf16 autocast where the hardware computes bf16 natively (CUDA with bf16, CPUs with avx512_bf16
-    or amx_bf16), fp32 elsewhere. An explicit bf16 runs wherever torch can emulate it, and says so."""
+    or amx_bf16), fp32 elsewhere, unless WHETSTONE_AUTO_PRECISION pins it. An explicit bf16 runs wherever torch
+    can emulate it, and says so."""
+    pinned = os.environ.get(PIN_AUTO, "").strip()
+    if asked == "auto" and pinned:
+        if pinned not in ("fp32", "bf16"):
+            raise WhetstoneError(f"{PIN_AUTO}: got {pinned!r}; set it to fp32 or bf16 (what train.precision auto "
+                                 f"resolves to), or unset it.")
+        resolved = resolve_precision(device, pinned)
+        why = f"pinned to {pinned} by {PIN_AUTO}" + ("" if pinned == "fp32" else f"; {resolved.why}")
+        return dataclasses.replace(resolved, asked=asked, why=why)
     if asked == "fp32":
         return Precision(asked, "fp32", "asked for")
     if device.type == "cuda":

@@ -39,6 +39,7 @@ from whetstone.train import distributed
 from whetstone.train.checkpoint import TrainState, save_checkpoint
 from whetstone.train.device import (announce_precision, autocast_context, base_dtype, precision_entries,
                                     resolve_device, resolve_precision)
+from whetstone.train.fast_path import resolve_fast_path
 from whetstone.train.resume import starting_point
 from whetstone.train.run_dir import RunDirectory
 
@@ -174,14 +175,16 @@ def train(
     # ---- setup -----------------------------------------------------------------
     if resume:
         run, config = RunDirectory.open(run_dir, **grants)
-    else:
+    elif (run_dir or config.output) is None:
+        raise WhetstoneError("no run directory: pass -o DIR or set output: in the config.")
+    strategy = distributed.resolve_strategy(config)  # ddp, fsdp or deepspeed; fails here, before any work
+    config, layout = resolve_fast_path(config, strategy)  # config.yaml keeps the resolved layout for a resume
+    if not resume:
         target = run_dir or config.output
-        if target is None:
-            raise WhetstoneError("no run directory: pass -o DIR or set output: in the config.")
         run = RunDirectory.create(target, config, overwrite) if distributed.is_main() else RunDirectory(Path(target))
+    _say(layout)
     cfg = config.train
     rank, world_size = distributed.world()
-    strategy = distributed.resolve_strategy(config)  # ddp, fsdp or deepspeed; fails here, before any work
     device = resolve_device(cfg.device)
     distributed.init(device)
     precision = resolve_precision(device, cfg.precision)
@@ -258,7 +261,7 @@ def train(
             weights = [1.0 if idx else 0.0 for idx in shares]
             # The whole step's units (supervised tokens for SFT), across micro-batches and processes.
             step_units = distributed.sum_across(sum(objective.units(b) * w for b, w in zip(batches, weights)))
-            step_loss_sum, step_metrics, step_tokens = 0.0, {}, 0
+            step_loss_sum, step_metrics, step_tokens, step_read = 0.0, {}, 0, 0
             for i, (batch, weight) in enumerate(zip(batches, weights)):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with runner.accumulating(last_micro_batch=i == len(batches) - 1):
@@ -273,8 +276,10 @@ def train(
                 for key, value in out.metrics.items():
                     step_metrics[key] = step_metrics.get(key, 0.0) + float(value) * weight
                 step_tokens += sequence_tokens(batch) if weight else 0
+                step_read += int(batch["attention_mask"].sum()) if weight else 0
             step_tokens = int(distributed.sum_across(step_tokens))  # real tokens of every process
             state.tokens += step_tokens
+            state.tokens_read += int(distributed.sum_across(step_read))
             # DeepSpeed clips and steps in one call, and skips a non-finite gradient itself (checked below).
             grad_norm = runner.step() if runner.engine is not None else _clip_and_measure(model, cfg.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
@@ -443,6 +448,7 @@ def _summary(config: RunConfig, run: RunDirectory, state: TrainState, plan: Step
         "stopped_early": stopped_early,
         "tokens": state.tokens,
         "supervised_tokens": state.supervised_tokens,
+        "tokens_read": state.tokens_read,
         "skipped_steps": state.skipped_steps,
         "accepted_changes": state.accepted_changes,  # what --accept-changes let a resume continue on
         "tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 2),

@@ -45,6 +45,7 @@ from whetstone.train import distributed
 from whetstone.train.checkpoint import save_checkpoint
 from whetstone.train.device import (announce_precision, autocast_context, base_dtype, precision_entries,
                                     resolve_device, resolve_precision)
+from whetstone.train.fast_path import resolve_fast_path
 from whetstone.train.loop import (
     StepCallback,
     StopSignal,
@@ -304,6 +305,8 @@ def train_online(config: RunConfig | None, run_dir=None, *, resume: bool = False
         target = run_dir or config.output
         if target is None:
             raise WhetstoneError("no run directory: pass -o DIR or set output: in the config.")
+        config, layout = resolve_fast_path(config, "single")  # rollouts keep one sequence per row: packing off
+        print(layout, flush=True)
         run = RunDirectory.create(target, config, overwrite)
     cfg, obj = config.train, config.objective
     is_ppo = obj.name == "ppo"
