@@ -14,7 +14,8 @@
     flock /tmp/whetstone-cpu.lock .venv/bin/python bench/levers.py dpo_forward
 
 A lever runs `whetstone train` twice in fresh processes, the same config with the lever off and on:
-the embedded model, LoRA r 16, batch 8, max_length 256, examples/stdlib_qa (SFT) or
+the embedded model, LoRA r 16, batch 8, max_length 256, fp32, unpacked unless the lever packs (the
+defaults that pack and share prompts are pinned off, so each lever is measured alone), examples/stdlib_qa (SFT) or
 examples/preferences pairs (DPO, max_length 160), --steps steps, no evaluation. Figures come from
 each run's summary.json: tokens_per_s (real, non-padding tokens per second of training steps; DPO
 counts both rows of a pair), peak_memory_mb (the process's peak RSS), train_loss (the last step's)
@@ -33,8 +34,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 QA = ROOT / "examples/stdlib_qa/train.jsonl"
-SFT = ["--set", f"data.train={QA}", "--set", "data.eval=null"]
-DPO = ["--set", f"data.train={ROOT / 'examples/preferences/pairs_train.jsonl'}", "--set", "data.eval=null"]
+# Each lever is measured alone, against the plain layout: the defaults that turn levers on are pinned off here.
+PLAIN = ["--set", "data.packing=false", "--set", "objective.share_prompt=false", "--set", "train.precision=fp32"]
+SFT = PLAIN + ["--set", f"data.train={QA}", "--set", "data.eval=null"]
+DPO = PLAIN + ["--set", f"data.train={ROOT / 'examples/preferences/pairs_train.jsonl'}", "--set", "data.eval=null"]
 
 # lever -> (config, extra overrides for both runs, the overrides that turn it on)
 LEVERS = {

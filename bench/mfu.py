@@ -11,8 +11,8 @@ T^2 FLOPs are left out, as the planner leaves them out, so the figure is a sligh
 That is MFU as usually defined: the FLOPs of the standard computation, the head at every
 position. whetstone runs the head only where there are labels, so for SFT the FLOPs really
 executed are fewer; they are printed too ("executed"), from summary.json's supervised_tokens.
-A run with objective.share_prompt counts a pair's prompt twice but reads it once, so its
-tokens/s would overstate the FLOPs; it is refused.
+A run with objective.share_prompt counts a shared prompt once per sequence but reads it once,
+so the FLOP/s come from summary.json's tokens_read (the tokens through the model), not tokens.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def matmul_peak(sizes=(1024, 2048, 3072), repeats: int = 5) -> tuple[float, int]:
-    """(best GFLOP/s of an fp32 n x n torch.mm, the n that reached it)."""
+def matmul_peak(sizes=(1024, 2048, 3072), repeats: int = 5, dtype: torch.dtype = torch.float32) -> tuple[float, int]:
+    """(best GFLOP/s of an n x n torch.mm in `dtype`, the n that reached it)."""
     best, best_n = 0.0, sizes[0]
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         torch.mm(a, b)  # warm-up: threads, caches
         for _ in range(repeats):
             start = time.perf_counter()
@@ -46,13 +46,15 @@ def matmul_peak(sizes=(1024, 2048, 3072), repeats: int = 5) -> tuple[float, int]
 def run_flops_per_token(run: Path) -> tuple[float, float | None, str]:
     """(FLOPs per token, the head's share of them (SFT only; else None), the method), as the planner counts them."""
     from whetstone.config import load_config
+
+    return config_flops_per_token(load_config(run / "config.yaml", []))
+
+
+def config_flops_per_token(config) -> tuple[float, float | None, str]:
+    """run_flops_per_token for a RunConfig."""
     from whetstone.objectives.preference import LOSSES
     from whetstone.plan import estimate
 
-    config = load_config(run / "config.yaml", [])
-    if config.objective.share_prompt:
-        sys.exit(f"{run}: objective.share_prompt counts each pair's prompt twice but reads it once; its tokens/s "
-                 f"does not measure FLOPs.")
     params = estimate.count_method_parameters(config.model, config.method)
     reference = config.objective.name == "dpo" and not LOSSES[config.objective.loss].reference_free
     head = estimate.build_meta_model(config.model).get_output_embeddings().weight.numel()
@@ -72,12 +74,13 @@ def main() -> None:
     for run in args.runs:
         summary = json.loads((run / "summary.json").read_text())
         flops, head_flops, method = run_flops_per_token(run)
-        achieved = summary["tokens_per_s"] * flops / 1e9
-        line = (f"{run}: {method}, {summary['tokens_per_s']:.1f} tokens/s x {flops / 1e9:.3f} GFLOP/token = "
+        read_per_s = summary.get("tokens_read", summary["tokens"]) / summary["train_s"]
+        achieved = read_per_s * flops / 1e9
+        line = (f"{run}: {method}, {read_per_s:.1f} tokens read/s x {flops / 1e9:.3f} GFLOP/token = "
                 f"{achieved:.1f} GFLOP/s; MFU {achieved / peak:.1%}")
         if head_flops is not None:  # SFT: supervised_tokens counts labelled tokens (other objectives count units)
             unlabelled = 1.0 - summary["supervised_tokens"] / summary["tokens"]
-            executed = summary["tokens_per_s"] * (flops - head_flops * unlabelled) / 1e9
+            executed = read_per_s * (flops - head_flops * unlabelled) / 1e9
             line += f"; executed (head at the {1 - unlabelled:.0%} labelled tokens only) {executed / peak:.1%}"
         print(line)
 

@@ -6,16 +6,21 @@
 
 What is compared: the same model, the same batches (the peer reads its file in the order
 whetstone draws the records), LoRA rank and alpha on all linear layers, batch size, max_length, learning
-rate (constant, no warmup), steps, AdamW without weight decay, clipping at 1.0, fp32. Every
-other setting is each tool's default (TRL's: gradient checkpointing on). Each side trains in a
-fresh process, one after the other (2 cores: never at once), and reports
+rate (constant, no warmup), steps, AdamW without weight decay, clipping at 1.0. Every other
+setting is each tool's default: whetstone with no throughput switch (packing and share_prompt
+on, train.precision auto: bf16 on a CPU with bf16 instructions), TRL with its own (the model
+loaded by TRL in its config's dtype, bf16 autocast, gradient checkpointing). Each side trains
+in a fresh process, one after the other (2 cores: never at once), and reports
 
-    real tokens/s   non-padding tokens the model read (DPO: chosen and rejected, each with its
-                    prompt) per second of training (model loading excluded). With
-                    objective.share_prompt, whetstone reads a pair's prompt once and counts it
-                    twice, as the peer reads it: both count the same training tokens, so the
-                    ratio is that of the training seconds (also printed)
+    real tokens/s   non-padding tokens of the training sequences (DPO: chosen and rejected, each
+                    with its prompt) per second of training (model loading excluded). With
+                    objective.share_prompt, whetstone reads a shared prompt once and counts it
+                    once per sequence, as the peer reads it: both count the same training tokens,
+                    so the ratio is that of the training seconds (also printed)
     peak RSS        the training process's maximum resident memory (model loading included)
+    MFU             the FLOPs of the tokens each side put through the model (bench/mfu.py's
+                    count: whetstone's tokens_read, the peer's tokens) per second, against the
+                    matmul peak measured here at the precision that side trained in
     final loss      the mean training loss of the last 5 steps, and for SFT the loss of the
                     final adapter on 200 held-out records, both measured by whetstone's eval
 
@@ -40,6 +45,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from mfu import config_flops_per_token, matmul_peak  # bench/mfu.py: the same FLOP count and matmul peak
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "runs" / "peer"
@@ -128,8 +135,10 @@ def run_peer(python: Path, kind: str, model_dir: str, data: Path, args, out: Pat
                "--out", str(out), "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                "--max-length", str(args.max_length), "--lr", str(args.lr[kind]), "--r", str(args.r),
                "--alpha", str(args.alpha)]
-    if not args.peer_no_checkpointing:
-        command.append("--gradient-checkpointing")  # TRL's default
+    if args.peer_no_checkpointing:
+        command.append("--no-gradient-checkpointing")
+    if args.peer_fp32:
+        command.append("--fp32")
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     return {**result, "adapter": str(out / "adapter")}
@@ -155,8 +164,10 @@ def run_ours(kind: str, model: str, data: Path, args, out: Path) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [row["loss"] for row in rows if "loss" in row and row.get("split", "train") == "train"]
-    return {"tokens": summary["tokens"], "seconds": summary["train_s"], "tokens_per_s": summary["tokens_per_s"],
-            "peak_rss_mb": summary["peak_memory_mb"], "losses": losses, "adapter": str(out / "adapter")}
+    return {"tokens": summary["tokens"], "tokens_read": summary["tokens_read"], "seconds": summary["train_s"],
+            "tokens_per_s": summary["tokens_per_s"], "peak_rss_mb": summary["peak_memory_mb"], "losses": losses,
+            "adapter": str(out / "adapter"), "precision": summary["precision"]["resolved"],
+            "model_dtype": summary["model_dtype"]}
 
 
 def held_out_loss(model: str, adapter: str, data: Path) -> float:
@@ -184,6 +195,7 @@ def main() -> None:
                         help="a --set for whetstone's runs (e.g. data.packing=true); repeatable")
     parser.add_argument("--peer-no-checkpointing", action="store_true",
                         help="turn off TRL's default gradient checkpointing")
+    parser.add_argument("--peer-fp32", action="store_true", help="turn off TRL's default bf16 autocast")
     parser.add_argument("--reinstall", action="store_true", help="rebuild the peer's environment")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
@@ -191,6 +203,7 @@ def main() -> None:
     args.lr = {"sft": args.sft_lr, "dpo": args.dpo_lr}
 
     sys.path.insert(0, str(ROOT))
+    from whetstone.config import load_config
     from whetstone.models.load import load_tokenizer, resolve_model
 
     if args.quick:
@@ -203,35 +216,58 @@ def main() -> None:
         model_dir = resolve_model(model).path  # the dequantized HF directory, which TRL loads as well
     paths = build_data(load_tokenizer(model), args.max_length, None)
     python = peer_python(reuse=not args.reinstall)
+    peaks = matmul_peaks()
+    print("matmul peak (GFLOP/s, torch.mm): " + ", ".join(f"{k} {v:.1f}" for k, v in peaks.items()), flush=True)
     results = {}
     for kind in args.kinds.split(","):
         t0 = time.perf_counter()
         ours = run_ours(kind, model, paths[f"ours_{kind}"], args, WORK / "runs" / f"ours-{kind}")
         peer = run_peer(python, kind, model_dir, paths[f"peer_{kind}"], args, WORK / "runs" / f"peer-{kind}")
+        flops, _, _ = config_flops_per_token(load_config(WORK / "runs" / f"ours-{kind}" / "config.yaml", []))
         for side in (ours, peer):
             side["final_loss"] = sum(side["losses"][-5:]) / len(side["losses"][-5:])
+            read = side.get("tokens_read", side["tokens"])  # the peer reads every token it counts
+            peak = peaks.get(side["precision"])
+            side["mfu"] = read / side["seconds"] * flops / 1e9 / peak if peak else None
             if kind == "sft":
                 side["held_out_loss"] = held_out_loss(model, side["adapter"], paths["held_out"])
         results[kind] = {"ours": ours, "peer": peer, "wall_s": round(time.perf_counter() - t0, 1)}
         print(table(kind, ours, peer, args), flush=True)
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": {k: v for k, v in vars(args).items()}, "results": results},
-                                              indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"args": {k: v for k, v in vars(args).items()}, "results": results,
+                                               "matmul_peak_gflops": peaks}, indent=2) + "\n")
+
+
+def matmul_peaks() -> dict[str, float]:
+    """{precision: GFLOP/s} of torch.mm here: fp32, and bf16 where the CPU has bf16 instructions (emulated bf16 runs
+    at about 1 GFLOP/s, no peak to measure a run against)."""
+    import torch
+
+    from whetstone.train.device import cpu_supports_bf16
+
+    peaks = {"fp32": matmul_peak()[0]}
+    if cpu_supports_bf16()[0]:
+        peaks["bf16"] = matmul_peak(dtype=torch.bfloat16)[0]
+    return peaks
 
 
 def table(kind: str, ours: dict, peer: dict, args) -> str:
     rows = [("real tokens/s", "tokens_per_s", "{:.1f}", True), ("training seconds", "seconds", "{:.1f}", False),
             ("peak RSS (MB)", "peak_rss_mb", "{:.0f}", False), ("tokens trained on", "tokens", "{:d}", None),
+            ("MFU (at its precision's peak)", "mfu", "{:.1%}", None),
             ("final loss (last 5 steps)", "final_loss", "{:.4f}", None)]
     if "held_out_loss" in ours:
         rows.append(("held-out loss", "held_out_loss", "{:.4f}", None))
     lines = [f"\n{kind.upper()}-LoRA: {args.steps} steps, batch {args.batch_size}, max_length {args.max_length}, "
-             f"r {args.r}, lr {args.lr[kind]}",
-             f"| {'':27} | {'whetstone':>10} | {'TRL + PEFT':>10} | {'ratio':>6} |", f"|{'-' * 29}|{'-' * 12}|{'-' * 12}|{'-' * 8}|"]
+             f"r {args.r}, lr {args.lr[kind]}; whetstone {ours['precision']} on a {ours['model_dtype']} base, "
+             f"TRL + PEFT {peer['precision']} on a {peer['model_dtype']} base"
+             f"{' with gradient checkpointing' if peer['gradient_checkpointing'] else ''}",
+             f"| {'':29} | {'whetstone':>10} | {'TRL + PEFT':>10} | {'ratio':>6} |", f"|{'-' * 31}|{'-' * 12}|{'-' * 12}|{'-' * 8}|"]
     for name, key, fmt, _ in rows:
         a, b = ours[key], peer[key]
-        ratio = f"{a / b:.2f}x" if b else "-"
-        lines.append(f"| {name:27} | {fmt.format(a):>10} | {fmt.format(b):>10} | {ratio:>6} |")
+        ratio = f"{a / b:.2f}x" if a is not None and b else "-"
+        shown = [fmt.format(v) if v is not None else "-" for v in (a, b)]
+        lines.append(f"| {name:29} | {shown[0]:>10} | {shown[1]:>10} | {ratio:>6} |")
     return "\n".join(lines)
 
 

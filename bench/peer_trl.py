@@ -9,11 +9,13 @@ whetstone), in a fresh process, and prints one JSON line:
     python bench/peer_trl.py sft|dpo --model HF_DIR --data FILE.jsonl --out DIR --steps N
         --batch-size 8 --max-length 256 --lr 2e-4 --r 16 --alpha 32 [--gradient-checkpointing]
 
-Everything not named here is TRL's default, except what a fair comparison has to pin:
-fp32 (this CPU has no bf16), a constant learning rate without warmup (whetstone runs the
-same), no saving or evaluation during training, data loading in this process, and the
-records read in file order (bench/peer.py writes them in the order whetstone draws them, so
-both tools train on the same batches).
+Everything not named here is TRL's default: TRL loads the model from its directory itself (the
+dtype its config.json names), trains under bf16 autocast (`bf16` defaults to true) and with
+gradient checkpointing unless --no-gradient-checkpointing. What a fair comparison has to pin:
+a constant learning rate without warmup (whetstone runs the same), no saving or evaluation
+during training, data loading in this process, and the records read in file order
+(bench/peer.py writes them in the order whetstone draws them, so both tools train on the same
+batches). --fp32 turns bf16 off, for a comparison at whetstone's fp32.
 """
 
 from __future__ import annotations
@@ -61,26 +63,31 @@ def main() -> None:
     parser.add_argument("--r", type=int, default=16)
     parser.add_argument("--alpha", type=float, default=32.0)
     parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--no-gradient-checkpointing", action="store_true", help="turn off TRL's default")
+    parser.add_argument("--fp32", action="store_true", help="turn off TRL's default bf16 autocast")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     from datasets import load_dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     torch.manual_seed(args.seed)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    model = args.model  # TRL loads it, with its own defaults
     dataset = load_dataset("json", data_files=args.data, split="train")
     peft_config = LoraConfig(r=args.r, lora_alpha=args.alpha, lora_dropout=0.0, target_modules="all-linear",
                              task_type="CAUSAL_LM")
     common = dict(output_dir=args.out, per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
                   learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, max_steps=args.steps,
-                  logging_steps=1, save_strategy="no", eval_strategy="no", report_to=[], bf16=False, fp16=False,
-                  use_cpu=True, dataloader_num_workers=0, gradient_checkpointing=args.gradient_checkpointing,
+                  logging_steps=1, save_strategy="no", eval_strategy="no", report_to=[],
+                  use_cpu=True, dataloader_num_workers=0,
                   max_length=args.max_length, seed=args.seed, weight_decay=0.0, max_grad_norm=1.0,
                   disable_tqdm=True, train_sampling_strategy="sequential")
+    if args.no_gradient_checkpointing:
+        common["gradient_checkpointing"] = False
+    if args.fp32:
+        common["bf16"] = False
     if args.kind == "sft":
         from trl import SFTConfig, SFTTrainer
 
@@ -98,7 +105,10 @@ def main() -> None:
     seconds = time.perf_counter() - start
     trainer.model.save_pretrained(f"{args.out}/adapter")
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    print(json.dumps({"tokens": tally["tokens"], "seconds": round(seconds, 2),
+    print(json.dumps({"precision": "bf16" if trainer.args.bf16 else "fp32",
+                      "model_dtype": str(next(trainer.model.parameters()).dtype).removeprefix("torch."),
+                      "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
+                      "tokens": tally["tokens"], "seconds": round(seconds, 2),
                       "tokens_per_s": round(tally["tokens"] / seconds, 2),
                       "peak_rss_mb": round(own_peak_mb(), 1),
                       "losses": losses}))
