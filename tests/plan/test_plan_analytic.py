@@ -126,6 +126,22 @@ def test_analytic_activations_match_the_probe_on_the_embedded_model(method):
     # is RoPE's cos and sin, per position, counted here per token of every row: large beside hidden 64 only
 
 
+def test_the_embedded_model_is_planned_by_its_name(qa_file, capsys):
+    """The analytic plan reads the embedded model's config.json from its converted directory: the same plan."""
+    from whetstone.config import EMBEDDED_MODEL
+    from whetstone.models.load import resolve_model
+
+    plans = []
+    for model in (EMBEDDED_MODEL, resolve_model(EMBEDDED_MODEL).path):
+        rc = main(["plan", "--set", f"model={model}", "--set", f"data.train={qa_file}", "--device", "cuda",
+                   "--gpu", "L4-24GB", "--methods", "lora", "--json"])
+        captured = capsys.readouterr()
+        assert rc == 0, captured.err
+        plans.append(_rows(json.loads(captured.out)))
+    assert plans[0] == plans[1] and plans[0]["lora"]["peak_mb"] > 0
+    assert read_architecture(EMBEDDED_MODEL)[0].layers == 30
+
+
 def test_8b_plan_from_config_json_alone(tmp_path, qa_file, capsys):
     start = time.perf_counter()
     plan = _plan(tmp_path, qa_file, capsys, "llama-3.1-8b", "--gpu", "H100-80GB")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from whetstone.config import MethodConfig
 from whetstone.errors import WhetstoneError
+from whetstone.models.embedded import EMBEDDED
 from whetstone.plan.estimate import ParameterCount
 
 # model_type -> what differs from Llama's layer: norms per layer (gemma2/3 add pre/post feed-forward norms),
@@ -74,10 +75,15 @@ class Architecture:
 
 
 def read_architecture(spec: str) -> tuple[Architecture, Path]:
-    """The architecture of `spec`: a model directory holding config.json, or a path to a config.json.
+    """The architecture of `spec`: a model directory holding config.json, a path to a config.json, the embedded
+    model's name or a .gguf file (both read from their converted directory, models/load.py resolve_model).
 
     Returns it and the directory the config.json is in (where a tokenizer may be).
     """
+    if spec in EMBEDDED or spec.endswith(".gguf"):
+        from whetstone.models.load import resolve_model
+
+        spec = resolve_model(spec).path
     path = Path(spec).expanduser()
     file = path / "config.json" if path.is_dir() else path
     if not file.is_file():
