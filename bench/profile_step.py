@@ -277,9 +277,9 @@ def profile_run(kind: str, precision: str, implementation: str, warmup: int, ste
     finally:
         (loop.objective_for, loop.build_optimizer, loop._clip_and_measure, forward._ChunkedHeadCrossEntropy,
          logprobs.Reference.logprobs) = originals
-    if c + 1 not in times:  # Ctrl-C or SIGTERM: the loop stopped at a step boundary, before the profile ended
-        sys.exit(f"{kind}, {precision}: the run stopped at step {max(k for k in times if isinstance(k, int))}, "
-                 f"before step {c + 1} that ends the profile")
+    if c + 1 not in tokens:  # Ctrl-C or SIGTERM: the loop stopped at a step boundary, before the profile ended
+        sys.exit(f"{kind}, {precision}: the run stopped after step {max(tokens, default=0)}, before step {c + 1}, "
+                 f"which ends the profile")
     profiled = attribute(timed)
     ms = {k: v / 1000 / steps for k, v in profiled.us.items()}
     profiled_ms = 1000 * (times[c] - times["profiled"]) / steps
