@@ -60,6 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.mfu import matmul_peak  # noqa: E402
+from whetstone.train.device import cpu_supports_bf16  # noqa: E402
 
 DEFAULT = ["method.name=lora", "method.r=16", "method.alpha=32", "method.targets=all-linear", "method.dropout=0.0",
            "data.max_length=256", "data.packing=true", "objective.share_prompt=true", "data.eval=null",
@@ -354,26 +355,6 @@ def attribute(prof) -> Attribution:
 # Output.
 
 
-def bf16_matmul_peak(sizes=(1024, 2048), repeats: int = 3) -> tuple[float, int]:
-    """bench/mfu.py's matmul_peak in bf16: (best GFLOP/s of a bf16 n x n torch.mm, the n that reached it).
-
-    The second matrix is transposed, as a Linear layer's weight is: on a CPU without bf16 instructions torch's
-    fallback kernel runs the plain layout about 10x slower than this one (0.7-1.8 against 7-11 GFLOP/s measured
-    on an AVX2 EPYC), and n = 3072 would take minutes.
-    """
-    best, best_n = 0.0, sizes[0]
-    for n in sizes:
-        a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16).t()
-        torch.mm(a, b)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            torch.mm(a, b)
-            rate = 2 * n**3 / (time.perf_counter() - start) / 1e9
-            if rate > best:
-                best, best_n = rate, n
-    return best, best_n
-
-
 def print_profile(p: Profile, peaks: dict[str, float], precision: str, top: int = 12) -> None:
     print(f"\n{p.label}: unprofiled {p.step_ms:,.0f} ms per step, {p.step_tokens:,.0f} real tokens per step "
           f"({1000 * p.step_tokens / p.step_ms:.1f} tokens/s); profiled {p.profiled_ms:,.0f} ms per step, "
@@ -409,18 +390,11 @@ def measure_peaks(precision: str) -> dict[str, float]:
     peaks = {"fp32": peak}
     print(f"matmul peak: fp32 {peak:.1f} GFLOP/s (torch.mm, n = {n}, {torch.get_num_threads()} threads)", end="")
     if precision == "bf16":
-        peaks["bf16"], n = bf16_matmul_peak()
+        peaks["bf16"], n = matmul_peak(sizes=(1024, 2048), repeats=3, dtype=torch.bfloat16)  # emulated: slow
         print(f"; bf16 {peaks['bf16']:.1f} GFLOP/s (n = {n}, b transposed)", end="")
-    print(f"; CPU bf16 instructions: {cpu_bf16_flags() or 'none'}")
+    has, flag = cpu_supports_bf16()
+    print(f"; CPU bf16 instructions: {flag if has else 'none'}")
     return peaks
-
-
-def cpu_bf16_flags() -> str:
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return "unknown"
-    return ", ".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags)
 
 
 # ---------------------------------------------------------------------------
