@@ -135,6 +135,40 @@ def test_trainable_weights_optimizer_state_and_loss_stay_fp32_on_a_bf16_base(tin
     assert states and {s.dtype for s in states} == {torch.float32}
 
 
+def test_adapters_on_a_bf16_base_read_its_input_as_is_same_numbers_less_memory(tiny_model_dir):
+    """Under autocast peft's cast of a bf16 input to the fp32 adapter is undone at once by autocast's cast back
+    to bf16; without it (apply_method autocast_bf16, lora.keep_input_dtype) the loss and every gradient are the
+    same, and autograd keeps fewer bytes. DoRA keeps the cast (its norms read the input)."""
+    from whetstone.plan.probe import saved_bytes
+
+    dora, _ = load_model(ModelConfig(name=str(tiny_model_dir)), dtype=torch.bfloat16)
+    dora = apply_method(dora, load_config(None, [f"model={tiny_model_dir}", "data.train=x",
+                                                 "method.name=dora"]).method, autocast_bf16=True)
+    assert {m.cast_input_dtype_enabled for m in dora.modules() if hasattr(m, "lora_A")} == {True}
+    cfg = load_config(None, [f"model={tiny_model_dir}", "data.train=x", "method.name=lora"]).method
+    runs = {}
+    for keep in (False, True):
+        torch.manual_seed(0)
+        model, _ = load_model(ModelConfig(name=str(tiny_model_dir)), dtype=torch.bfloat16)
+        model = apply_method(model, cfg, autocast_bf16=keep)
+        casting = {m.cast_input_dtype_enabled for m in model.modules() if hasattr(m, "lora_A")}
+        assert casting == {not keep}
+        batch = _batch(unwrap(model).config.vocab_size, rows=2, length=24)
+        objective = type("SFT", (), {"loss": staticmethod(lambda m, b, c: label_cross_entropy(m, b, None)[0])})
+        with autocast_context(CPU, BF16)():
+            saved = saved_bytes(model, objective, batch, None)
+            loss, _ = label_cross_entropy(model, batch, chunk=None)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        runs[keep] = loss.item(), grads, saved
+    (loss_cast, grads_cast, saved_cast), (loss_kept, grads_kept, saved_kept) = runs[False], runs[True]
+    assert loss_kept == loss_cast
+    assert grads_kept.keys() == grads_cast.keys()
+    for name in grads_cast:
+        assert torch.equal(grads_kept[name], grads_cast[name]), name
+    assert saved_kept < saved_cast
+
+
 def test_the_head_and_log_probs_are_fp32_under_autocast(tiny_model_dir):
     """Under bf16 autocast the decoder runs in bf16, but the head's logits, the cross-entropy and the compared
     log-probs are fp32: each equals an fp32 computation from the same hidden states, chunked or not."""

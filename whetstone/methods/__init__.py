@@ -13,7 +13,7 @@ import torch
 
 from whetstone.config import MethodConfig
 from whetstone.methods.freeze import apply_freeze
-from whetstone.methods.lora import apply_lora
+from whetstone.methods.lora import apply_lora, keep_input_dtype
 
 
 def apply_full(model: torch.nn.Module, cfg: MethodConfig) -> torch.nn.Module:
@@ -31,9 +31,13 @@ METHODS: dict[str, Callable[[torch.nn.Module, MethodConfig], torch.nn.Module]] =
 }
 
 
-def apply_method(model: torch.nn.Module, cfg: MethodConfig) -> torch.nn.Module:
+def apply_method(model: torch.nn.Module, cfg: MethodConfig, *, autocast_bf16: bool = False) -> torch.nn.Module:
+    """Mark what trains. `autocast_bf16`: the run computes under bf16 autocast, so adapters on a low-precision
+    base read its bf16 activations as they are (lora.keep_input_dtype)."""
     model = METHODS[cfg.name](model, cfg)
     trainable_in_fp32(model)
+    if autocast_bf16:
+        keep_input_dtype(model)
     return model
 
 

@@ -8,7 +8,9 @@ family in transformers; `a` = bytes of a matmul's output, `res` = bytes of the r
   each RMSNorm          4H + 4        its fp32 upcast input and rsqrt (both fp32 whatever the
                                       model's dtype); + res*H when its weight trains
   a Linear's input      width * res   kept once per input when the weight trains or an adapter
-                                      reads it, in an fp32 run; under bf16 autocast every adapter
+                                      reads it, in an fp32 run and for adapters on a bf16 base under
+                                      autocast (they read its bf16 input as is: methods/lora.py
+                                      keep_input_dtype); otherwise under bf16 autocast every adapter
                                       (peft casts its input to the fp32 adapter dtype) and every
                                       fp32 weight keeps its own bf16 copy, width * 2 each
   attention (sdpa/flash) q, k, v after RoPE, the output (q + 2kv + q) * a, and the fp32 logsumexp
@@ -92,9 +94,9 @@ def layer_token_bytes(arch: Architecture, regime: Regime) -> float:
         if not keep:
             continue
         site_bytes = res if site in _NORM_SITES else a
-        if not regime.autocast:
-            shared = site != "o_in"  # o_proj reads the attention output, which the kernel keeps anyway
-            total += width * site_bytes if shared else 0
+        # o_proj reads the attention output, which the kernel keeps anyway
+        if not regime.autocast or regime.res == 2:  # (bf16 base: adapters read its bf16 input as is, kept once)
+            total += width * site_bytes if site != "o_in" else 0
             continue
         for name in keep:
             if name in regime.adapted or site_bytes != 2:  # a copy cast to bf16 for this Linear alone

@@ -225,7 +225,7 @@ def train(
     task_of = [t or "default" for t in train_set.tasks] if len(task_names) > 1 else None
 
     model, resolved = load_model(config.model, device=device, quantize_4bit=config.method.name == "qlora", dtype=dtype)
-    model = apply_method(model, config.method)
+    model = apply_method(model, config.method, autocast_bf16=precision.resolved == "bf16")
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     context = objective.setup(model, config, train_set)  # may attach a head (classify, reward): count after it

@@ -332,7 +332,7 @@ def train_online(config: RunConfig | None, run_dir=None, *, resume: bool = False
     start = starting_point(run, config, resume, accept_changes)  # a resume that cannot go on stops here
 
     model, resolved = load_model(config.model, device=device, dtype=dtype)
-    model = apply_method(model, config.method)
+    model = apply_method(model, config.method, autocast_bf16=precision.resolved == "bf16")
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     reference = None
