@@ -116,6 +116,30 @@ def test_analytic_activations_match_the_probe_on_the_tiny_model(tiny_model_dir, 
     assert predicted == pytest.approx(measured, rel=0.05)
 
 
+def test_analytic_bf16_lora_activations_match_the_probe_under_autocast(tiny_model_dir):
+    """A bf16 base under bf16 autocast, as a default run trains on bf16 hardware (emulated here: the same bytes)."""
+    import torch
+
+    from whetstone.methods import apply_method
+    from whetstone.models import load_model
+    from whetstone.objectives import OBJECTIVES
+    from whetstone.plan.architecture import adapted
+    from whetstone.plan.probe import measure_activations
+
+    method = MethodConfig(name="lora", r=4)
+    arch, _ = read_architecture(str(tiny_model_dir))
+    names = tuple(leaf for leaf, _, _ in adapted(arch, method))
+    analytic = activation_model(arch, Regime("lora", "bf16", "sdpa", cuda=False, adapted=names, r=4))
+    model, _ = load_model(ModelConfig(name=str(tiny_model_dir)), dtype=torch.bfloat16)
+    model = apply_method(model, method, autocast_bf16=True).train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fit = measure_activations(model, OBJECTIVES["sft"], None, arch.vocab, 128, "cpu")
+    batch, length, supervised = 4, 128, 300
+    predicted = analytic.body(batch, length) + analytic.per_supervised * supervised
+    measured = fit.body(batch, length) + fit.per_supervised * supervised
+    assert predicted == pytest.approx(measured, rel=0.05)
+
+
 @pytest.mark.parametrize("method", [MethodConfig(name="lora", r=16), MethodConfig(name="full")], ids=["lora", "full"])
 def test_analytic_activations_match_the_probe_on_the_embedded_model(method):
     from whetstone.config import EMBEDDED_MODEL
@@ -154,6 +178,34 @@ def test_8b_plan_from_config_json_alone(tmp_path, qa_file, capsys):
     m = rows["full"]["memory_mb"]
     assert m["weights"] + m["gradients"] + m["optimizer"] == pytest.approx(18 * 8.03e9 / 2**20, rel=0.01)
     assert any("no tokenizer" in note for note in plan["notes"])
+
+
+def test_a_cpu_run_is_planned_from_config_json_in_the_precision_it_resolves_to(tmp_path, qa_file, capsys):
+    model = _model_dir(tmp_path, "qwen2.5-0.5b")
+    plans = {}
+    for precision in ("fp32", "bf16"):
+        rc = main(["plan", "--set", f"model={model}", "--set", f"data.train={qa_file}", "--set",
+                   f"train.precision={precision}", "--device", "cpu", "--memory", "16GB", "--peak-tflops", "0.1",
+                   "--methods", "lora,full", "--json"])
+        captured = capsys.readouterr()
+        assert rc == 0, captured.err
+        plans[precision] = json.loads(captured.out)
+    for precision, plan in plans.items():
+        assert plan["device"].startswith("cpu")
+        assert any(f"planned in {precision}" in note for note in plan["notes"])
+    fp32, bf16 = _rows(plans["fp32"]), _rows(plans["bf16"])
+    for rows in (fp32, bf16):  # the baseline is this process's own resident memory, not a CUDA context
+        assert 50 < rows["lora"]["memory_mb"]["baseline"] < 8 * 1024
+    lora = fp32["lora"]
+    assert lora["memory_mb"]["weights"] == pytest.approx(lora["total_params"] * 4 / 2**20, abs=1)
+    frozen = lora["total_params"] - lora["trainable_params"]
+    assert bf16["lora"]["memory_mb"]["weights"] == pytest.approx(
+        (frozen * 2 + lora["trainable_params"] * 6) / 2**20, abs=1)
+    assert bf16["lora"]["memory_mb"]["activations"] < 0.7 * lora["memory_mb"]["activations"]
+    # full keeps fp32 master weights either way; under autocast each also gets its bf16 copy
+    assert bf16["full"]["memory_mb"]["weights"] == pytest.approx(1.5 * fp32["full"]["memory_mb"]["weights"], rel=1e-3)
+    rc = main(["plan", "--set", f"model={model}", "--set", f"data.train={qa_file}", "--gpu", "L4-24GB"])
+    assert rc == 2 and "--gpu plans a CUDA run" in capsys.readouterr().err
 
 
 def test_8b_full_fine_tuning_is_never_recommended_for_24gb(tmp_path, qa_file, capsys):
@@ -205,9 +257,10 @@ def test_activation_terms_by_hand():
     outside = 2 * 16 * 4 + 1 + (4 * 64 + 4) - (4 * 64 + 4)  # cos, sin, mask, final norm; layer 0's norm keeps none
     assert lora.per_token == attention + mlp + norms + outside
     assert lora.per_supervised == 64 * 4 and lora.per_batch_len2 == 1.0
-    # bf16 on CUDA: each adapter keeps its own bf16 input copy; sdpa repeats k and v to every head under a mask.
+    # bf16 on CUDA: the adapters on the bf16 base share each bf16 input (methods/lora.py keep_input_dtype); sdpa
+    # repeats k and v to every head under a mask.
     bf16 = activation_model(arch, Regime("lora", "bf16", "sdpa", cuda=True, adapted=seven, r=4))
-    copies = (3 * 64 + 64 + 2 * 64 + 160) * 2
+    copies = (64 + 64 + 160) * 2  # attention's and the MLP's normed inputs, down's input; o_proj's is the kernel's
     core = (64 + 64 + 64 + 64) * 2 + 4 * 4 + 3 * 160 * 2 + 7 * 4 * 2
     assert bf16.layer_per_token == copies + core + 2 * (4 * 64 + 4)
     flash = activation_model(arch, Regime("lora", "bf16", "flash_attention_2", adapted=seven, r=4))

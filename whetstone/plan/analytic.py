@@ -22,6 +22,13 @@ train/loop.py runs it; model.dtype auto keeps a frozen base in bf16):
 So full fine-tuning costs 18 bytes per parameter (4 + 2 + 4 + 8) before activations: fp32 master
 weights with no separate bf16 model. With `--gpus N` (FSDP full-shard or ZeRO-3) weights,
 gradients and optimizer states are divided by N; activations and the overhead are not.
+
+`--device cpu --memory SIZE --peak-tflops T` plans a CPU run the same way, in the precision the
+run resolves to on this CPU (train.precision; bf16 keeps a bf16 base as above, fp32 keeps
+everything at 4 B with no autocast copies). Its baseline is this process's resident memory after
+reading the tokenizer and the data (Python, torch, transformers), which a training process also
+holds, instead of the CUDA overhead; the activations are the CPU's (sdpa keeps k and v at their
+own width).
 """
 
 from __future__ import annotations
@@ -29,12 +36,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from whetstone.config import MethodConfig, RunConfig
 from whetstone.errors import WhetstoneError
 from whetstone.plan import estimate
 from whetstone.plan.activations import Regime, activation_model
 from whetstone.plan.architecture import Architecture, adapted, parameter_count, read_architecture
 from whetstone.plan.estimate import MemoryEstimate, MethodPlan, MicroBatchShape, ParameterCount
+from whetstone.plan.probe import rss_bytes
+from whetstone.train.device import resolve_precision
 
 GiB = 2**30
 CUDA_OVERHEAD = 1.0 * GiB
@@ -76,8 +87,10 @@ def resolve_gpu(name: str | None, memory: float | None, tflops: float | None) ->
     return memory, tflops, name or f"{memory / GiB:.0f} GiB, {tflops:g} TFLOP/s"
 
 
-def weight_bytes(params: ParameterCount, method: str) -> float:
+def weight_bytes(params: ParameterCount, method: str, precision: str = "bf16") -> float:
     frozen = params.total - params.trainable
+    if precision == "fp32":  # no autocast: every weight fp32, no bf16 copies
+        return estimate.weight_bytes(params, method)
     if method == "qlora":
         rest = params.base_total - params.quantizable
         return params.quantizable * estimate.NF4_BYTES + rest * estimate.FP32 + params.trainable * TRAINABLE_WEIGHT_BYTES
@@ -86,15 +99,16 @@ def weight_bytes(params: ParameterCount, method: str) -> float:
 
 def plan_memory(arch: Architecture, params: ParameterCount, method: MethodConfig, shape: MicroBatchShape,
                 attention: str, chunk: int | None, checkpointing: bool, gpus: int = 1,
-                precision: str = "bf16") -> MemoryEstimate:
-    """One GPU's memory for `method` at the largest micro-batch `shape` (weights, grads, states sharded / gpus)."""
-    regime = Regime(method=method.name, precision=precision, attention=attention, cuda=True,
+                precision: str = "bf16", cuda: bool = True, baseline: float = CUDA_OVERHEAD) -> MemoryEstimate:
+    """One GPU's (or, `cuda` False, one CPU process's) memory for `method` at the largest micro-batch `shape`
+    (weights, grads, states sharded / gpus)."""
+    regime = Regime(method=method.name, precision=precision, attention=attention, cuda=cuda,
                     adapted=tuple(leaf for leaf, _, _ in adapted(arch, method)) if method.name in (
                         "lora", "dora", "qlora") else (), r=method.r, top_blocks=method.top_blocks)
     acts = activation_model(arch, regime)
     return MemoryEstimate(
-        baseline=CUDA_OVERHEAD,
-        weights=weight_bytes(params, method.name) / gpus,
+        baseline=baseline,
+        weights=weight_bytes(params, method.name, precision) / gpus,
         gradients=params.trainable * estimate.FP32 / gpus,
         optimizer=params.trainable * estimate.ADAMW_BYTES / gpus,
         activations=acts.body(shape.batch, shape.length),
@@ -120,11 +134,17 @@ def plan_analytic(config: RunConfig, options) -> "Plan":  # noqa: F821 (planner.
     from whetstone.plan.planner import Plan
     from whetstone.plan.probe import prepare_run
 
+    cuda = options.device == "cuda"
     memory, tflops, label = resolve_gpu(options.gpu, options.memory, options.peak_tflops)
     arch, directory = read_architecture(config.model.name)
     notes = [f"planned from {directory / 'config.json'} alone ({arch.model_type}, {arch.layers} layers, hidden "
              f"{arch.hidden}, {arch.heads}/{arch.kv_heads} heads, vocab {arch.vocab}); no weights were read."]
-    if config.train.precision == "fp32":
+    precision = "bf16"
+    if not cuda:
+        resolved = resolve_precision(torch.device("cpu"), config.train.precision)
+        precision = resolved.resolved
+        notes.append(f"planned in {precision} (train.precision {resolved.asked}: {resolved.why}).")
+    elif config.train.precision == "fp32":
         notes.append("planned in bf16 (train.precision: bf16 on this GPU); the config's fp32 would double the "
                      "frozen weights and most activations.")
     tokenizer, note = tokenizer_for(directory, config)
@@ -132,6 +152,8 @@ def plan_analytic(config: RunConfig, options) -> "Plan":  # noqa: F821 (planner.
     _, train_set, shape = prepare_run(config, tokenizer)
     if len(train_set.examples) == 0:
         raise WhetstoneError("data.train: no usable training examples; check it with `whetstone data check`.")
+    # A CPU run's process holds what this one holds now (Python, torch, transformers, the tokenizer, the data).
+    baseline = CUDA_OVERHEAD if cuda else float(rss_bytes())
     largest = shape.largest()
     reference = config.objective.name == "dpo" and not _reference_free(config)
     rows = []
@@ -142,7 +164,8 @@ def plan_analytic(config: RunConfig, options) -> "Plan":  # noqa: F821 (planner.
                          output_bytes=estimate.output_bytes(params, name),
                          variants_bytes=estimate.variants_bytes(params, name, options.variants))
         row.memory = plan_memory(arch, params, method, largest, config.model.attn_implementation,
-                                 config.train.logit_chunk, config.train.gradient_checkpointing, options.gpus)
+                                 config.train.logit_chunk, config.train.gradient_checkpointing, options.gpus,
+                                 precision, cuda, baseline)
         row.seconds = (shape.total_padded_tokens() * row.flops_per_token
                        / (tflops * 1e12 * options.utilisation * options.gpus))
         rows.append(row)
@@ -150,10 +173,19 @@ def plan_analytic(config: RunConfig, options) -> "Plan":  # noqa: F821 (planner.
         if options.gpus > 1 else ""
     plan = Plan(rows=rows, steps=shape.plan.total_steps, padded_tokens=shape.total_padded_tokens(), largest=largest,
                 time_source=f"FLOPs at {tflops:g} TFLOP/s x {options.utilisation:.0%} utilisation{shards}",
-                device=f"cuda ({label})", notes=notes, memory_note=MEMORY_NOTE)
+                device=f"cuda ({label})" if cuda else f"cpu ({memory / GiB:.0f} GiB, {tflops:g} TFLOP/s)",
+                notes=notes, memory_note=MEMORY_NOTE if cuda else _cpu_memory_note(baseline, precision))
     budget = options.budget if options.budget is not None else memory
     plan.recommendation = estimate.recommend(rows, budget)
     return plan
+
+
+def _cpu_memory_note(baseline: float, precision: str) -> str:
+    weights = ("weights (frozen x 2 B; trainable x 6 B, fp32 + autocast's bf16 copy)" if precision == "bf16"
+               else "weights (x 4 B)")
+    return (f"memory in MB, for one CPU process in {precision}: peak = baseline {baseline / 2**20:,.0f} MB (this "
+            f"process before any model) + {weights} + grads (x 4 B) + optim (AdamW x 8 B) + activations (analytic, "
+            f"docs/plan.md) + logits")
 
 
 def _reference_free(config: RunConfig) -> bool:

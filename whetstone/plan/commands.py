@@ -23,13 +23,14 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--memory-budget", metavar="SIZE", help="recommend the cheapest method whose peak fits, e.g. 8GB")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the run will train (default cpu)")
     p.add_argument("--peak-tflops", type=float, metavar="T",
-                   help="the device's peak TFLOP/s, for --device cuda when no GPU is here to probe")
+                   help="the device's peak TFLOP/s, for --device cuda when no GPU is here to probe, and for a "
+                        "plan from config.json alone (--gpu or --memory)")
     p.add_argument("--gpu", metavar="NAME",
                    help="with --device cuda: plan for this GPU from the model's config.json alone, without loading "
                         "the weights (H100-80GB, A100-40GB, A100-80GB, L4-24GB, RTX4090-24GB)")
     p.add_argument("--memory", metavar="SIZE",
-                   help="with --device cuda: one GPU's memory (e.g. 48GB), for a GPU --gpu does not name; "
-                        "plans from config.json alone, with --peak-tflops")
+                   help="with --device cuda: one GPU's memory (e.g. 48GB), for a GPU --gpu does not name; with "
+                        "--device cpu: the machine's memory. Plans from config.json alone, with --peak-tflops")
     p.add_argument("--gpus", type=int, default=1, metavar="N",
                    help="GPUs sharing the run under FSDP/ZeRO-3: weights, gradients and optimizer states / N")
     p.add_argument("--utilisation", type=float, default=0.4, metavar="U",
@@ -51,8 +52,11 @@ def run_plan(args: argparse.Namespace) -> int:
         raise WhetstoneError(f"--peak-tflops: got {args.peak_tflops}; give the device's peak in TFLOP/s, e.g. 989.")
     if args.gpus < 1:
         raise WhetstoneError(f"--gpus: got {args.gpus}; give the number of GPUs, 1 or more.")
-    if (args.gpu is not None or args.memory is not None) and args.device != "cuda":
-        raise WhetstoneError("--gpu and --memory plan a CUDA run from config.json alone; add --device cuda.")
+    if args.gpu is not None and args.device != "cuda":
+        raise WhetstoneError("--gpu plans a CUDA run from config.json alone; add --device cuda (or, for a CPU run "
+                             "planned the same way, give --memory and --peak-tflops instead).")
+    if args.gpus > 1 and args.device != "cuda":
+        raise WhetstoneError("--gpus: sharding across GPUs needs --device cuda.")
     if args.gpus > 1 and args.gpu is None and args.memory is None:
         raise WhetstoneError("--gpus: sharding is planned from config.json alone; add --device cuda --gpu NAME "
                              "(or --memory and --peak-tflops).")

@@ -30,12 +30,12 @@ class PlanOptions:
     utilisation: float = 0.4  # the share of that peak a fine-tuning step reaches (model FLOPs utilisation)
     budget: float | None = None  # bytes; None: no recommendation (the analytic plan uses the GPU's memory)
     gpu: str | None = None  # a known GPU (analytic.GPUS): plan from config.json alone, without the weights
-    memory: float | None = None  # bytes of one GPU, for a GPU not in that table
+    memory: float | None = None  # bytes of one GPU (or, with device cpu, of the machine): plan from config.json
     gpus: int = 1  # GPUs sharding weights, gradients and optimizer states (FSDP / ZeRO-3)
 
     @property
     def analytic(self) -> bool:
-        return self.device == "cuda" and (self.gpu is not None or self.memory is not None)
+        return self.gpu is not None or self.memory is not None
 
 
 @dataclass
