@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
@@ -110,3 +111,21 @@ def test_chunked_sequence_logprobs_equal_unchunked_with_per_row_weights(tiny_mod
     assert worst < 1e-6
     with torch.no_grad():  # the reference's pass: the same values, no gradient kept
         torch.testing.assert_close(sequence_logprobs(model, batch, 5)[0], whole, atol=1e-5, rtol=1e-6)
+
+
+def test_a_bf16_head_is_upcast_in_blocks_with_the_whole_upcasts_numbers():
+    """A bf16 head (V > one block) gives the logits and the input gradient of its whole fp32 upcast."""
+    from whetstone.models.forward import HEAD_BLOCK_ROWS, _linear_fp32, _matmul_fp32
+
+    generator = torch.Generator().manual_seed(0)
+    vocab, hidden = 2 * HEAD_BLOCK_ROWS + 123, 16  # three blocks, the last one short
+    weight = torch.randn(vocab, hidden, generator=generator).to(torch.bfloat16)
+    bias = torch.randn(vocab, generator=generator).to(torch.bfloat16)
+    h = torch.randn(5, hidden, generator=generator)
+    grad_z = torch.randn(5, vocab, generator=generator)
+    torch.testing.assert_close(_linear_fp32(h, weight, bias), F.linear(h, weight.float(), bias.float()))
+    # summed in three blocks instead of one pass: equal up to fp32 summation order over the V terms
+    bound = 8 * torch.finfo(torch.float32).eps * (grad_z.abs() @ weight.float().abs())
+    assert ((_matmul_fp32(grad_z, weight) - grad_z @ weight.float()).abs() <= bound).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the fp32 head ignores autocast
+        assert _linear_fp32(h, weight, bias).dtype == torch.float32
