@@ -273,6 +273,7 @@ def test_activation_terms_by_hand():
     (["--gpu", "V100"], "--gpu: got 'V100'; known GPUs are H100-80GB, A100-40GB"),
     (["--memory", "48GB"], "add --peak-tflops"),
     (["--gpus", "0", "--gpu", "H100-80GB"], "--gpus: got 0"),
+    (["--gpu", "H100-80GB", "--set", "data.max_length=8"], "no usable training examples"),  # every answer cut off
 ])
 def test_cli_errors_are_sentences(tmp_path, qa_file, capsys, extra, message):
     rc = main(["plan", "--set", f"model={_model_dir(tmp_path, 'llama-3.1-8b')}", "--set", f"data.train={qa_file}",

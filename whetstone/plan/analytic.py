@@ -150,8 +150,6 @@ def plan_analytic(config: RunConfig, options) -> "Plan":  # noqa: F821 (planner.
     tokenizer, note = tokenizer_for(directory, config)
     notes += [note] if note else []
     _, train_set, shape = prepare_run(config, tokenizer)
-    if len(train_set.examples) == 0:
-        raise WhetstoneError("data.train: no usable training examples; check it with `whetstone data check`.")
     # A CPU run's process holds what this one holds now (Python, torch, transformers, the tokenizer, the data).
     baseline = CUDA_OVERHEAD if cuda else float(rss_bytes())
     largest = shape.largest()

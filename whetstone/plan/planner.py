@@ -99,8 +99,6 @@ def plan_methods(config: RunConfig, options: PlanOptions) -> Plan:
                      f"probe measures fp32 weights and activations: the run itself needs less.")
     tokenizer = load_tokenizer(config.model, config.data.chat_template)
     _, train_set, shape = prepare_run(config, tokenizer)  # the run's shape; each probe prepares its own copy
-    if len(train_set.examples) == 0:
-        raise WhetstoneError("data.train: no usable training examples; check it with `whetstone data check`.")
     # What the training process holds before its model: Python, torch, transformers, the tokenizer and the data.
     baseline = rss_bytes() if probe_device.type == "cpu" else 0.0
     largest = shape.largest()

@@ -112,6 +112,10 @@ def prepare_run(config: RunConfig, tokenizer, keep_indices: int = 4):
     cfg = config.train
     records, _, stats = load_splits(config.data, cfg.seed)
     train_set = objective.prepare(records, tokenizer, config.data, stats)
+    if not train_set.examples:
+        raise WhetstoneError(f"data.train: no usable training examples ({stats.records} records read, "
+                             f"{stats.dropped_no_labels} dropped by truncation). Raise data.max_length or check the "
+                             f"data with `whetstone data check`.")
     mixture = plan_mixture(config.data, train_set.origins, stats)
     plan = StepPlan.build(len(train_set.examples), per_process_batch(cfg, 1), cfg.grad_accum, 1, cfg.epochs,
                           cfg.max_steps, mixture)
