@@ -349,6 +349,9 @@ class DataConfig:
     max_length tokens (attention stays within each sequence), so less compute goes to padding. Same loss per
     example; see data/packing.py. null (the default): on for sft and dpo wherever it applies, off (with a line
     saying why) elsewhere (train/fast_path.py)."""
+    reasoning: Literal["keep", "drop", "auto"] = "auto"
+    """Assistant turns' reasoning (a message's reasoning_content or thinking): keep supervises it with the answer,
+    drop trains on the answer alone, auto does what the chat template does with it (data/render.py)."""
     group_by_length: bool = False
     """Order each optimizer step's examples by length before splitting them into micro-batches (and processes),
     so each pads less. Each step keeps the same examples; it helps only with grad_accum > 1 or several processes."""

@@ -75,14 +75,14 @@ CASES = [
     (
         "unknown-role",
         "messages",
-        {"messages": turns(("user", "q"), ("tool", "42"))},
-        [("messages[1].role", 'unknown role "tool"; expected one of assistant, system, user')],
+        {"messages": turns(("user", "q"), ("function", "42"))},
+        [("messages[1].role", 'unknown role "function"; expected one of assistant, system, tool, user')],
     ),
     (
         "content-null-tool-call",
         "messages",
         {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": []}]},
-        [("messages[1].content", "is missing or null (tool calls are not supported); every message needs text")],
+        [("messages[1].content", "is missing or null; an assistant turn needs text, tool_calls, or both")],
     ),
     (
         "image-part",
@@ -156,11 +156,12 @@ CASES = [
     (
         "sharegpt-unknown-from",
         "sharegpt",
-        {"conversations": [{"from": "human", "value": "q"}, {"from": "observation", "value": "x"}]},
+        {"conversations": [{"from": "human", "value": "q"}, {"from": "narrator", "value": "x"}]},
         [
             (
                 "conversations[1].from",
-                'unknown role "observation"; expected one of assistant, bot, gpt, human, system, user',
+                'unknown role "narrator"; expected one of assistant, bot, function_call, gpt, human, observation, '
+                "system, tool, user",
             )
         ],
     ),

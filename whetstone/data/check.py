@@ -1,7 +1,9 @@
 """`whetstone data check`: one streaming pass that finds everything wrong with a data file.
 
 The pass reports every bad record (origin, field, reason), counts records by
-kind, task and label, finds exact and near duplicates (with the line numbers
+kind, task and label, counts tool use and reasoning (and warns about tool
+calls in records that give no ``tools``: the chat template then cannot show
+the model the functions it may call), finds exact and near duplicates (with the line numbers
 of every cluster), train/eval overlap, and PII (by kind, with line numbers
 and masked previews, never the values). With a tokenizer it also measures
 token lengths under the model's chat template and what ``max_length`` would
@@ -15,6 +17,7 @@ transformers are imported only when a tokenizer is given.
 
 from __future__ import annotations
 
+import json
 from array import array
 from collections import Counter
 from dataclasses import dataclass, field
@@ -75,6 +78,8 @@ class CheckReport:
     near_duplicates: list[list[int]] | None = None  # None: near-dedup was not run
     threshold: float = DEFAULT_THRESHOLD
     pii: dict[str, PiiStats] = field(default_factory=dict)
+    tool_use: Counter = field(default_factory=Counter)  # records with "tools", "tool_calls", "reasoning"; "calls"
+    calls_without_tools: list[int] = field(default_factory=list)  # numbers of records that call but give no tools
     tokens: TokenStats | None = None
     eval_path: str | None = None
     eval_unit: str = "line"
@@ -87,10 +92,15 @@ class CheckReport:
         return len(self.overlap_exact) + len(self.overlap_near)
 
     @property
-    def warnings(self) -> int:
-        """Duplicates and PII: worth fixing, not always wrong."""
+    def duplicates(self) -> int:
+        """Redundant records: every member of a duplicate group but its first."""
         near = sum(len(c) - 1 for c in self.near_duplicates or [])
-        return sum(len(c) - 1 for c in self.exact_duplicates) + near + sum(s.count for s in self.pii.values())
+        return sum(len(c) - 1 for c in self.exact_duplicates) + near
+
+    @property
+    def warnings(self) -> int:
+        """Duplicates, PII and tool calls without tools: worth fixing, not always wrong."""
+        return self.duplicates + sum(s.count for s in self.pii.values()) + len(self.calls_without_tools)
 
     @property
     def has_errors(self) -> bool:
@@ -116,6 +126,13 @@ class CheckReport:
             "near_duplicates": self.near_duplicates,
             "near_threshold": self.threshold,
             "pii": {k: {"count": s.count, "lines": s.lines, "previews": s.previews} for k, s in self.pii.items()},
+            "tool_use": {
+                "records_with_tools": self.tool_use["tools"],
+                "records_with_tool_calls": self.tool_use["tool_calls"],
+                "tool_calls": self.tool_use["calls"],
+                "records_with_reasoning": self.tool_use["reasoning"],
+                "calls_without_tools": self.calls_without_tools,
+            },
             "tokens": None if self.tokens is None else vars(self.tokens),
             "eval": None
             if self.eval_path is None
@@ -173,6 +190,7 @@ def check_file(
             record, line = parsed.record, parsed.line
             report.valid += 1
             _count(report, record)
+            _count_tool_use(report, record, line)
             digest = content_hash(record_content(record))
             if exact.add(digest, line) is None:
                 if near is not None:
@@ -225,9 +243,23 @@ def _count(report: CheckReport, record: Record) -> None:
         report.labels["desirable" if record.label else "undesirable"] += 1
 
 
+def _count_tool_use(report: CheckReport, record: Record, line: int) -> None:
+    turns = (*record.messages, *record.chosen, *record.rejected, *record.completion)
+    calls = sum(len(m.tool_calls) for m in turns)
+    report.tool_use["tools"] += bool(record.tools)
+    report.tool_use["tool_calls"] += calls > 0
+    report.tool_use["calls"] += calls
+    report.tool_use["reasoning"] += any(m.reasoning for m in turns)
+    if calls and not record.tools and len(report.calls_without_tools) < LINES_KEPT:
+        report.calls_without_tools.append(line)
+
+
 def record_texts(record: Record) -> list[str]:
     """Every free-text string of a record: what PII scanning and redaction look at."""
-    texts = [m.content for m in (*record.messages, *record.chosen, *record.rejected, *record.completion)]
+    turns = (*record.messages, *record.chosen, *record.rejected, *record.completion)
+    texts = [m.content for m in turns]
+    texts += [m.reasoning for m in turns if m.reasoning]
+    texts += [json.dumps(c.arguments, ensure_ascii=False) for m in turns for c in m.tool_calls]
     if record.text is not None:
         texts.append(record.text)
     if record.reference is not None:
@@ -340,6 +372,12 @@ def _render(r: CheckReport) -> list[str]:
         out.append(f"tasks: {_tally(r.tasks)}")
     if r.labels:
         out.append(f"labels: {_tally(r.labels)}")
+    if r.tool_use["tools"] or r.tool_use["tool_calls"] or r.tool_use["reasoning"]:
+        u = r.tool_use
+        out.append(
+            f"tool use: tools in {_n(u['tools'], 'record')}, tool calls in {_n(u['tool_calls'], 'record')} "
+            f"({_n(u['calls'], 'call')}), reasoning in {_n(u['reasoning'], 'record')}"
+        )
     if r.fatal:
         out += ["", "reading stopped early:", *(f"  {line}" for line in r.fatal.splitlines())]
     if r.problems:
@@ -359,6 +397,14 @@ def _render(r: CheckReport) -> list[str]:
                 f"{t.lost_supervision} of them lose every supervised token"
             )
     out += _render_duplicates(r)
+    if r.calls_without_tools:
+        n = len(r.calls_without_tools)
+        out += [
+            "",
+            f"tool calls without tools in {_n(n, 'record')}: with no 'tools' given, the chat template cannot show "
+            f"the model the functions it may call; add a 'tools' list to each",
+            f"  {_numbers(r.calls_without_tools, r.unit)}",
+        ]
     if r.eval_path is not None:
         out += ["", f"train/eval overlap with {r.eval_path}: {len(r.overlap_exact)} exact, {len(r.overlap_near)} near"]
         for e, t in r.overlap_exact[:SHOWN]:
@@ -402,13 +448,21 @@ def _verdict(r: CheckReport) -> str:
     if r.leaks:
         errors.append(f"{_n(r.leaks, 'eval record')} also in train")
         fixes.append("remove those records from the eval file (or from train)")
-    dupes = sum(len(c) - 1 for c in r.exact_duplicates) + sum(len(c) - 1 for c in r.near_duplicates or [])
-    kinds = ", ".join(k for k, n in (("duplicates", dupes), ("PII", r.warnings - dupes)) if n)
+    untooled = len(r.calls_without_tools)
+    counts = (("duplicates", r.duplicates), ("PII", r.warnings - r.duplicates - untooled),
+              ("tool calls without tools", untooled))
+    kinds = ", ".join(k for k, n in counts if n)
     warnings = f"{_n(r.warnings, 'warning')} ({kinds})" if r.warnings else ""
     if errors:
         plus = f"; plus {warnings}" if warnings else ""
         return "result: ERRORS: " + "; ".join(errors) + plus + (". To fix: " + "; ".join(fixes) + "." if fixes else ".")
     if warnings:
         status = "ERRORS (--strict):" if r.strict else "ok, with"
-        return f"result: {status} {warnings}; `whetstone data clean --dedup --near-dedup --redact-pii` removes them."
+        cures = []
+        if r.warnings > untooled:
+            what = "the duplicates and PII" if untooled else "them"
+            cures.append(f"`whetstone data clean --dedup --near-dedup --redact-pii` removes {what}")
+        if untooled:
+            cures.append("give the records that call tools their 'tools'")
+        return f"result: {status} {warnings}; " + "; ".join(cures) + "."
     return "result: ok, no problems found."

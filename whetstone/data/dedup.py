@@ -28,6 +28,7 @@ signatures bit for bit.
 from __future__ import annotations
 
 import hashlib
+import json
 import string
 import unicodedata
 import zlib
@@ -75,7 +76,15 @@ def normalize(text: str) -> str:
 
 
 def _turns(messages: Sequence[Message]) -> str:
-    return "\x1e".join([f"{m.role}\x1f{normalize(m.content)}" for m in messages])
+    return "\x1e".join([f"{m.role}\x1f{normalize(m.content)}{_tool_part(m)}" for m in messages])
+
+
+def _tool_part(m: Message) -> str:
+    """A turn's reasoning and tool calls, which are trained on too; empty for a plain turn (hashes unchanged)."""
+    if not (m.reasoning or m.tool_calls):
+        return ""
+    calls = [[c.name, c.arguments] for c in m.tool_calls]
+    return "\x1f" + json.dumps([normalize(m.reasoning or ""), calls], sort_keys=True, ensure_ascii=False)
 
 
 def record_content(record: Record) -> str:
@@ -97,6 +106,8 @@ def record_content(record: Record) -> str:
         parts.append(str(record.label))
     if record.reference is not None:
         parts.append(normalize(record.reference))
+    if record.tools:
+        parts.append(json.dumps(record.tools, sort_keys=True, ensure_ascii=False))
     return "\x1d".join(parts)
 
 
@@ -108,7 +119,11 @@ def content_hash(content: str) -> int:
 def similarity_text(record: Record) -> str:
     """The words near-duplicate detection compares: all text, without roles or labels."""
     pieces = [record.text or ""]
-    pieces += [m.content for m in (*record.messages, *record.chosen, *record.rejected, *record.completion)]
+    for m in (*record.messages, *record.chosen, *record.rejected, *record.completion):
+        pieces.append(m.content)
+        if m.reasoning:
+            pieces.append(m.reasoning)
+        pieces += [json.dumps(c.arguments, ensure_ascii=False) for c in m.tool_calls]
     return " ".join(pieces)
 
 

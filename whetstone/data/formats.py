@@ -13,8 +13,8 @@ name               fields                                          kind
 text               text                                            text
 prompt_completion  prompt, completion                              chat
 alpaca             instruction, input?, output                     chat
-messages           messages: [{role, content}]                     chat
-sharegpt           conversations: [{from, value}]                  chat
+messages           messages: [{role, content}], tools?             chat
+sharegpt           conversations: [{from, value}], tools?          chat
 preference         prompt?, chosen, rejected                       preference
 kto                prompt, completion, label (bool)                feedback
 classification     text, label                                     classification
@@ -22,6 +22,18 @@ prompt             prompt, reference? / answer?                    prompt
 =================  ==============================================  ================
 
 Any row may also carry ``task`` (a string), which becomes ``Record.task``.
+
+Tool calling and reasoning (``fields.py`` validates them):
+
+- messages (OpenAI): ``tools`` lists function schemas (or is their JSON text);
+  an assistant turn may carry ``tool_calls`` [{id, type, function: {name,
+  arguments}}] (arguments: a JSON object or its text; content may then be
+  null), a ``{"role": "tool", "tool_call_id", "name", "content"}`` turn
+  answers a call, and ``reasoning_content`` or ``thinking`` is the assistant's
+  reasoning.
+- sharegpt: ``from: function_call`` is an assistant turn whose value is the
+  call as JSON, {"name", "arguments"} or a list of them; ``from: observation``
+  is a tool result, answering the calls before it in order.
 """
 
 from __future__ import annotations
@@ -52,7 +64,7 @@ FORMATS = (
 DETECT_ROWS = 64
 
 
-from whetstone.data.fields import Fields, join_fields, split_implicit_prompt
+from whetstone.data.fields import CALLS, Fields, join_fields, split_implicit_prompt
 
 # ---------------------------------------------------------------------------
 # One parse function per format. Each reads a row through ``Fields`` (which
@@ -83,8 +95,11 @@ def _parse_alpaca(f: Fields) -> Record | None:
 
 
 def _parse_messages(f: Fields) -> Record | None:
-    messages = f.messages("messages")
-    return f.chat(messages) if messages is not None else None
+    tools = f.tools("tools")
+    messages = f.messages("messages", tools=tools or ())
+    if tools is None or messages is None:
+        return None
+    return f.chat(messages, tools)
 
 
 _SHAREGPT_ROLES = {
@@ -94,12 +109,18 @@ _SHAREGPT_ROLES = {
     "assistant": "assistant",
     "bot": "assistant",
     "system": "system",
+    "function_call": CALLS,
+    "observation": "tool",
+    "tool": "tool",
 }
 
 
 def _parse_sharegpt(f: Fields) -> Record | None:
-    messages = f.messages("conversations", keys=("from", "value"), roles=_SHAREGPT_ROLES)
-    return f.chat(messages) if messages is not None else None
+    tools = f.tools("tools")
+    messages = f.messages("conversations", keys=("from", "value"), roles=_SHAREGPT_ROLES, tools=tools or ())
+    if tools is None or messages is None:
+        return None
+    return f.chat(messages, tools)
 
 
 def _parse_preference(f: Fields) -> Record | None:
@@ -120,7 +141,8 @@ def _parse_preference(f: Fields) -> Record | None:
             )
             return None
         prompt, chosen, rejected = split
-        if not f.check_answer_turns("chosen", chosen) or not f.check_answer_turns("rejected", rejected):
+        chosen, rejected = f.check_answer_turns("chosen", chosen), f.check_answer_turns("rejected", rejected)
+        if chosen is None or rejected is None:
             return None
     if chosen == rejected:
         f.add("rejected", "is identical to 'chosen'; a preference pair needs two different answers")
@@ -160,8 +182,8 @@ _PARSERS: dict[str, _Format] = {
     "text": _Format(_parse_text, ("text",)),
     "prompt_completion": _Format(_parse_prompt_completion, ("prompt", "completion")),
     "alpaca": _Format(_parse_alpaca, ("instruction", "output"), ("input",)),
-    "messages": _Format(_parse_messages, ("messages",)),
-    "sharegpt": _Format(_parse_sharegpt, ("conversations",)),
+    "messages": _Format(_parse_messages, ("messages",), ("tools",)),
+    "sharegpt": _Format(_parse_sharegpt, ("conversations",), ("tools",)),
     "preference": _Format(_parse_preference, ("chosen", "rejected"), ("prompt",)),
     "kto": _Format(_parse_kto, ("prompt", "completion", "label")),
     "classification": _Format(_parse_classification, ("text", "label")),

@@ -13,13 +13,26 @@ from typing import Literal
 
 Kind = Literal["text", "chat", "preference", "feedback", "classification", "prompt"]
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call an assistant turn makes (OpenAI's tool_calls[i], ShareGPT's function_call)."""
+
+    name: str
+    arguments: dict  # parsed from the JSON the record holds
+    id: str | None = None
 
 
 @dataclass(frozen=True)
 class Message:
     role: str  # one of ROLES
-    content: str
+    content: str  # may be empty for an assistant turn that only calls tools
+    reasoning: str | None = None  # assistant: its thinking (reasoning_content / thinking), rendered per data.reasoning
+    tool_calls: tuple[ToolCall, ...] = ()  # assistant: the calls it makes
+    tool_call_id: str | None = None  # tool: the call this result answers
+    name: str | None = None  # tool: the function that produced it
 
 
 @dataclass(frozen=True)
@@ -51,4 +64,5 @@ class Record:
     label: str | bool | None = None
     reference: str | None = None
     task: str | None = None
+    tools: tuple[dict, ...] = ()  # chat: the functions the conversation may call (OpenAI's JSON schemas)
     extra: dict = field(default_factory=dict, compare=False, hash=False)
