@@ -12,7 +12,7 @@ from whetstone.data.canaries import plant_canaries
 from whetstone.data.formats import load_records
 from whetstone.data.mixture import REPLAY_TASK, Mixture, build_mixture
 from whetstone.data.records import Record
-from whetstone.data.render import Rendered, render_record
+from whetstone.data.render import Rendered, render_sequences
 
 
 @dataclass
@@ -30,6 +30,7 @@ class DataStats:
     format: str = ""
     explanation: str = ""
     records: int = 0
+    examples: int = 0  # rendered from the records: more than records where the chat template re-renders history
     skipped_invalid: int = 0
     truncated: int = 0
     dropped_no_labels: int = 0  # truncation removed every supervised token
@@ -67,27 +68,36 @@ def _load(path: str, cfg: DataConfig, task: str | None, stats: DataStats) -> lis
 
 
 def tokenize(records: list[Record], tokenizer, cfg: DataConfig, stats: DataStats | None = None) -> TokenizedSet:
+    """Render every record into training examples: one each, or one per run of turns where the template
+    re-renders history (data/render.py)."""
     out = TokenizedSet([], [], [])
     distill = cfg.replay is not None and cfg.replay.distill
     for record in records:
         if distill and record.task == REPLAY_TASK:
             # Distilled replay learns the base model's prediction at every token: the request's as well.
-            rendered = dataclasses.replace(render_record(record, tokenizer, cfg.max_length, True), distill=True)
+            examples = [dataclasses.replace(r, distill=True)
+                        for r in render_sequences(record, tokenizer, cfg.max_length, True, cfg.reasoning)]
         else:
-            rendered = render_record(record, tokenizer, cfg.max_length, cfg.train_on_prompt)
-        if stats is not None:
-            stats.truncated += rendered.truncated
-        if rendered.n_supervised == 0:
-            if stats is not None:
-                stats.dropped_no_labels += 1
-            continue
-        out.examples.append(rendered)
-        out.origins.append(record.origin)
-        out.tasks.append(record.task)
-        if stats is not None:
-            stats.supervised_tokens += rendered.n_supervised
-            stats.tokens += len(rendered.input_ids)
+            examples = render_sequences(record, tokenizer, cfg.max_length, cfg.train_on_prompt, cfg.reasoning)
+        for rendered in examples:
+            _add_example(out, rendered, record, stats)
     return out
+
+
+def _add_example(out: TokenizedSet, rendered: Rendered, record: Record, stats: DataStats | None) -> None:
+    if stats is not None:
+        stats.examples += 1
+        stats.truncated += rendered.truncated
+    if rendered.n_supervised == 0:
+        if stats is not None:
+            stats.dropped_no_labels += 1
+        return
+    out.examples.append(rendered)
+    out.origins.append(record.origin)
+    out.tasks.append(record.task)
+    if stats is not None:
+        stats.supervised_tokens += rendered.n_supervised
+        stats.tokens += len(rendered.input_ids)
 
 
 def load_splits(cfg: DataConfig, seed: int) -> tuple[list[Record], list[Record], DataStats]:
@@ -146,9 +156,13 @@ def plan_mixture(cfg: DataConfig, origins: list[str], stats: DataStats) -> Mixtu
 
 def summarize_preparation(stats: DataStats, cfg: DataConfig) -> None:
     """Turn the counts that tokenization left in `stats` into notes for the user."""
+    if stats.examples > stats.records:
+        stats.notes.append(f"the chat template re-renders earlier turns, so {stats.records} training records made "
+                           f"{stats.examples} examples, each assistant turn seeing its history as at inference "
+                           f"(docs/chat_templates.md)")
     if stats.truncated:
-        stats.notes.append(f"{stats.truncated} training records were longer than data.max_length={cfg.max_length} "
+        stats.notes.append(f"{stats.truncated} training examples were longer than data.max_length={cfg.max_length} "
                            f"and were truncated")
     if stats.dropped_no_labels:
-        stats.notes.append(f"{stats.dropped_no_labels} records lost every supervised token to truncation and were "
+        stats.notes.append(f"{stats.dropped_no_labels} examples lost every supervised token to truncation and were "
                            f"dropped")

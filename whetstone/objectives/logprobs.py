@@ -17,7 +17,7 @@ import torch
 
 from whetstone.data.packing import token_owners
 from whetstone.data.records import Message
-from whetstone.data.render import IGNORE, _supervise_through_eos, render_chat_pieces
+from whetstone.data.render import IGNORE, message_dicts, render_chat_pieces, supervise_turn
 from whetstone.methods import is_adapter_model
 from whetstone.models.forward import LOGIT_CHUNK, label_hidden, label_token_logprobs, unwrap
 
@@ -53,26 +53,23 @@ def render_completion(tokenizer, prompt: tuple[Message, ...], completion: tuple[
     ("<|im_start|>assistant\\n"), so prompt_ids of one example followed by
     completion_ids of another is also a well-formed conversation (KTO uses that).
     """
-    messages = [{"role": m.role, "content": m.content} for m in prompt + completion]
-    prompt_turns = sum(1 for m in prompt if m.role == "assistant")
-    eos_id = tokenizer.eos_token_id
+    pieces = render_chat_pieces(tokenizer, message_dicts(prompt + completion))
+    # The completion's turns are the last supervised pieces. (Where the template re-renders history,
+    # render_chat_pieces gives the last sequence, whose earlier assistant turns are prompt.)
+    answers = [k for k, (_, supervised) in enumerate(pieces) if supervised]
+    completion_turns = sum(1 for m in completion if m.role == "assistant")
+    first = answers[max(0, len(answers) - completion_turns)] if answers and completion_turns else len(pieces)
     prompt_ids: list[int] = []
     completion_ids: list[int] = []
     completion_labels: list[int] = []
-    answers_seen = 0
-    for text, supervised in render_chat_pieces(tokenizer, messages):
+    for k, (text, supervised) in enumerate(pieces):
         piece = tokenizer(text, add_special_tokens=False)["input_ids"]
-        ours = supervised and answers_seen >= prompt_turns
-        answers_seen += supervised
-        if ours:
-            piece, piece_labels = _supervise_through_eos(piece, eos_id)
-        else:
-            piece_labels = [IGNORE] * len(piece)
-        if not completion_ids and not ours:
+        if k < first:
             prompt_ids += piece
-        else:
-            completion_ids += piece
-            completion_labels += piece_labels
+            continue
+        piece, piece_labels = supervise_turn(tokenizer, piece) if supervised else (piece, [IGNORE] * len(piece))
+        completion_ids += piece
+        completion_labels += piece_labels
     full = len(prompt_ids) + len(completion_ids)
     truncated = max_length is not None and full > max_length
     if truncated:
