@@ -1,4 +1,4 @@
-"""The `whetstone data check` and `whetstone data clean` verbs: parse, call, print.
+"""The `whetstone data check`, `clean`, `replay` and `show` verbs: parse, call, print.
 
 Exit codes: 0 clean, 1 the data has errors, 2 a usage error (raised as
 ``WhetstoneError``, which the CLI prints without a traceback).
@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from whetstone.data.check import check_file
 from whetstone.data.clean import CleanOptions, clean_file
 from whetstone.data.dedup import DEFAULT_THRESHOLD
-from whetstone.data.formats import FORMATS
+from whetstone.data.formats import FORMATS, open_records
 from whetstone.data.replay import ReplayOptions
+from whetstone.data.show import DEFAULT_EXAMPLES, ShowOptions
 from whetstone.errors import WhetstoneError
 
 
 def add_parsers(data_subparsers) -> None:
-    """Register `check` and `clean` under the `data` verb."""
+    """Register `check`, `clean`, `replay` and `show` under the `data` verb."""
     p = data_subparsers.add_parser(
         "check",
         help="report bad records, duplicates, train/eval leaks, PII and token lengths",
@@ -87,6 +89,33 @@ def add_parsers(data_subparsers) -> None:
     p.add_argument("--seed", type=int, default=ReplayOptions.seed)
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=run_replay)
+
+    p = data_subparsers.add_parser(
+        "show",
+        help="print the first examples as the trainer sees them: tokens, supervised spans, truncation",
+        description="Render the first N examples of DATA with the model's tokenizer and chat template, through the "
+        "same code the sft trainer uses, and print them with their special tokens. Supervised tokens are green on "
+        "a terminal and wrapped in [[...]] otherwise; a truncated example ends with '... truncated at L tokens "
+        "(N in full)'. Loads a tokenizer only, never weights.",
+    )
+    p.add_argument("data", metavar="DATA", help="a data file (any format `data check` reads), or hf:NAME[:SPLIT]")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", metavar="M", help="an embedded model's name (default: the embedded model), a "
+                       "model directory, or a directory holding only tokenizer files")
+    which.add_argument("--tokenizer", metavar="DIR", help="the same as --model: a tokenizer (or model) directory")
+    p.add_argument("--chat-template", metavar="FILE", help="a Jinja chat template to use instead of the tokenizer's "
+                   "(data.chat_template)")
+    p.add_argument("-n", type=int, default=DEFAULT_EXAMPLES, metavar="N",
+                   help="how many examples to print (default %(default)s)")
+    p.add_argument("--max-length", type=int, default=ShowOptions.max_length, metavar="L",
+                   help="truncate examples to L tokens, as data.max_length does (default %(default)s)")
+    p.add_argument("--reasoning", choices=("keep", "drop", "auto"), default=ShowOptions.reasoning,
+                   help="assistant reasoning, as data.reasoning: keep, drop, or auto (the template decides; default)")
+    p.add_argument("--format", default="auto", choices=("auto", *FORMATS), metavar="F",
+                   help=f"the data format: auto (detect, the default), {', '.join(FORMATS)}")
+    p.add_argument("--json", action="store_true", help='one JSON object per example: {"record", "input_ids", '
+                   '"labels"}, labels -100 where not supervised')
+    p.set_defaults(func=run_show)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -186,4 +215,33 @@ def run_replay(args: argparse.Namespace) -> int:
     model, tokenizer = load_for_inference(model=args.model)
     report = write_self_replay(model, tokenizer, args.output, options, overwrite=args.overwrite, requests=requests)
     print(report.render(args.output))
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from whetstone.data.show import json_line, load_show_tokenizer, render_shown, shown_examples
+
+    options = ShowOptions(n=args.n, max_length=args.max_length, reasoning=args.reasoning, format=args.format)
+    stream = open_records(args.data, options.format)  # a missing file is reported before the tokenizer loads
+    tokenizer = load_show_tokenizer(args.tokenizer or args.model, args.chat_template)
+    items = shown_examples(stream, tokenizer, options)
+    if args.json:
+        for item in items:
+            if item.example is None:
+                print(f"note: {item.origin} gives no example: truncation removed every supervised token",
+                      file=sys.stderr)
+            else:
+                print(json_line(item))
+        return 0
+    colour = sys.stdout.isatty()
+    legend = "supervised tokens in green, special tokens underlined" if colour else \
+        "supervised tokens between double square brackets"
+    lines = render_shown(items, tokenizer, colour)
+    first = next(lines, None)  # rendered before the header, so that a record the template refuses is the only output
+    print(f"whetstone data show: {args.data} ({stream.explanation}; max_length {options.max_length}, reasoning "
+          f"{options.reasoning}; {legend})")
+    if first is not None:
+        print(first)
+    for line in lines:
+        print(line)
     return 0
