@@ -1,7 +1,8 @@
 """Train/serve consistency: does the exported model see and stop on exactly what training taught it?
 
 A fine-tuned chat model learns one token layout: the chat template's text, split into
-tokens by one tokenizer, with every assistant turn ending in EOS. If the exported
+tokens by one tokenizer, with every assistant turn ending in its end-of-turn token (EOS, or
+the template's own: Gemma's <end_of_turn>, Phi-3's <|end|>). If the exported
 tokenizer renders a conversation differently, or the server stops on another token,
 the model is served a prompt it was never trained on, or never stops. These checks
 render one probe conversation through the training path (data/render.py, the batch
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 from whetstone.data.batches import collate
 from whetstone.data.records import Message, Record
-from whetstone.data.render import IGNORE, render_prompt, render_record
+from whetstone.data.render import IGNORE, end_of_turn_ids, render_prompt, render_record
 from whetstone.errors import WhetstoneError
 
 # Two turns, a system message, digits, punctuation, accents and a newline: the places
@@ -99,20 +100,30 @@ def check_consistency(train_tokenizer, served_tokenizer, stop_ids: list[int], wh
         else:
             report.checks.append(f"tokens: the probe conversation gives the same {len(trained.input_ids)} token ids")
 
-    # 3. EOS: training ended every assistant turn with EOS; the server must stop on it.
+    # 3. EOS and end of turn: training ended every assistant turn with an end-of-turn token (EOS, or the
+    # template's own, such as Gemma's <end_of_turn> or Phi-3's <|end|>); the server must stop on each of them.
     served_eos = served_tokenizer.eos_token_id
-    turn_ends = [trained.labels[i] for i in range(len(trained.labels) - 1)
-                 if trained.labels[i] != IGNORE and trained.labels[i + 1] == IGNORE] + trained.labels[-1:]
+    ends = end_of_turn_ids(train_tokenizer)
+    turn_ends = [t for t in [trained.labels[i] for i in range(len(trained.labels) - 1)
+                             if trained.labels[i] != IGNORE and trained.labels[i + 1] == IGNORE] + trained.labels[-1:]
+                 if t != IGNORE]
+    unstopped = [t for t in dict.fromkeys(turn_ends) if t not in stop_ids]
     if served_eos != eos:
         problems.append(f"EOS: the exported tokenizer's EOS is {_token(served_tokenizer, served_eos)}; training "
                         f"ended assistant turns with {_token(train_tokenizer, eos)}.")
     elif eos not in stop_ids:
         problems.append(f"EOS: the exported model stops on {stop_ids}, which lacks the training EOS "
                         f"{_token(train_tokenizer, eos)}; it would not stop where it learned to.")
-    elif not all(t == eos for t in turn_ends if t != IGNORE):
-        problems.append(f"EOS: training supervised assistant turns that end in {turn_ends}, not in EOS {eos}.")
+    elif not all(t in ends for t in turn_ends):
+        problems.append(f"EOS: training supervised assistant turns that end in {turn_ends}, not in an end-of-turn "
+                        f"token {ends}.")
+    elif unstopped:
+        names = ", ".join(_token(train_tokenizer, t) for t in unstopped)
+        problems.append(f"EOS: the exported model stops on {stop_ids}, which lacks the end of turn {names} that "
+                        f"ended training's assistant turns; it would not stop where it learned to.")
     else:
-        report.checks.append(f"EOS: assistant turns end in {_token(train_tokenizer, eos)} and the export stops on it")
+        names = ", ".join(_token(train_tokenizer, t) for t in dict.fromkeys(turn_ends or [eos]))
+        report.checks.append(f"EOS: assistant turns end in {names} and the export stops on it")
 
     # 4. Pad: distinct from EOS, or masked by position so that EOS keeps its meaning.
     pad = served_tokenizer.pad_token_id
@@ -150,12 +161,14 @@ def _check_pad_equal_eos(train_tokenizer, served_tokenizer, trained, report: Con
         served_tokenizer.padding_side = side
     ids, mask = enc["input_ids"][0], enc["attention_mask"][0]
     inner = [m for t, m in zip(ids, mask) if t == eos]
-    if not inner or not all(inner):
+    if not all(inner):
         problems.append("pad == EOS: serving masks the EOS tokens inside the prompt as padding.")
     if not problems:
+        # Phi-3's template writes EOS only after a finished conversation, never inside a generation prompt.
+        served = (f"serving keeps the {len(inner)} EOS tokens inside a prompt visible (mask from padding, not from "
+                  f"ids)" if inner else "a generation prompt holds no EOS that padding could hide")
         report.checks.append(f"pad == EOS {_token(served_tokenizer, eos)}, accounted for: training keeps the "
-                             f"EOS label of every turn (padding is masked by position), and serving keeps the "
-                             f"{len(inner)} EOS tokens inside a prompt visible (mask from padding, not from ids)")
+                             f"EOS label of every turn (padding is masked by position), and {served}")
         report.notes.append("pad equals EOS: a server must pass the attention mask from padding, never infer it "
                             "from pad ids (transformers' generate does; llama.cpp does not pad).")
     return problems

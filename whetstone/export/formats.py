@@ -29,10 +29,11 @@ from pathlib import Path
 import torch
 
 from whetstone.config import ModelConfig, RunConfig, config_from_dict, read_yaml
+from whetstone.data.render import stop_ids as template_stop_ids
 from whetstone.errors import WhetstoneError
 from whetstone.export import DEFAULT_DTYPE, DTYPES, FORMATS
 from whetstone.export.consistency import PROBE, check_consistency
-from whetstone.export.gguf import detect_pre_tokenizer, source_gguf_pre, write_gguf
+from whetstone.export.gguf import detect_pre_tokenizer, gguf_stop_ids, source_gguf_pre, write_gguf
 from whetstone.methods.lora import fold_adapters, merge_exactly
 from whetstone.models.load import load_model, load_tokenizer, resolve_model, run_model_config
 from whetstone.overwrite import DirectoryKind, check_replaceable, staged, swap_in, write_marker
@@ -159,6 +160,14 @@ def _build_and_check(source: RunSource, fmt: str, dtype: str, built: Path, out: 
         result = _export_peft(source, built, dtype)
         served = _served_tokenizer(built)
         stop_ids = _stop_ids(Path(resolve_model(source.config.model.name).path), built)
+        unstopped = [t for t in template_stop_ids(served) if t not in stop_ids]
+        if unstopped:
+            # The base's generation_config.json is not ours to change: a server that reads it must be told.
+            names = ", ".join(f"{served.convert_ids_to_tokens(t)} (id {t})" for t in unstopped)
+            result.notes.append(f"the base model's generation_config.json stops on {stop_ids} only; the chat "
+                                f"template ends a turn with {names}: give it to the server as a stop token (vLLM: "
+                                f"stop_token_ids), or use --format merged, whose generation_config.json lists it.")
+            stop_ids = stop_ids + unstopped  # whetstone's own generate and serve stop there
         loaded = _load_peft_export(source, built) if verify else None
     elif fmt == "merged":
         result = _export_merged(source, reference, built, dtype)
@@ -171,7 +180,7 @@ def _build_and_check(source: RunSource, fmt: str, dtype: str, built: Path, out: 
                    name=source.path.resolve().name, pre=pre)
         result = ExportResult("gguf", dtype, str(out), 0, None, None, None, notes=[f"pre-tokenizer: {pre}"])
         served = _gguf_tokenizer(built)
-        stop_ids = [served.eos_token_id]
+        stop_ids = gguf_stop_ids(served)  # the file's own EOS and chat template, as read back
         loaded = _load_gguf(built) if verify else None
 
     result.path = str(out)  # errors and export.json name where it will be, not the staging directory
@@ -363,11 +372,12 @@ def _export_merged(source: RunSource, reference, out: Path, dtype: str) -> Expor
     merged = _merged_model(source, reference)
     merged = merged.to(TORCH_DTYPES[dtype])
     tokenizer = _served_tokenizer(source.weights_dir)
-    # The server stops on these; they must name the EOS that ended every training turn.
-    stops = merged.generation_config.eos_token_id
-    stops = [] if stops is None else list(stops) if isinstance(stops, (list, tuple)) else [stops]
-    if tokenizer.eos_token_id not in stops:
-        stops.insert(0, tokenizer.eos_token_id)
+    # The server stops on these: the template's end-of-turn token(s) that ended every training turn (Gemma's
+    # <end_of_turn>, Phi-3's <|end|>) and EOS, then whatever else the base stopped on.
+    base_stops = merged.generation_config.eos_token_id
+    base_stops = ([] if base_stops is None else list(base_stops) if isinstance(base_stops, (list, tuple))
+                  else [base_stops])
+    stops = list(dict.fromkeys(template_stop_ids(tokenizer) + base_stops))
     merged.generation_config.eos_token_id = stops[0] if len(stops) == 1 else stops
     merged.generation_config.pad_token_id = tokenizer.pad_token_id
     merged.config.eos_token_id = tokenizer.eos_token_id

@@ -1,4 +1,4 @@
-"""Write a Llama-family model as one GGUF file, laid out the way llama.cpp's converter does.
+"""Write a Llama-family model (Llama, Mistral) as one GGUF file, laid out the way llama.cpp's converter does.
 
 A GGUF holds the architecture metadata llama.cpp reads (`llama.*` keys), the
 tokenizer (vocabulary, token types, merges, special ids, pre-tokenizer name, chat
@@ -22,10 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from whetstone.data.render import end_of_turn_ids
 from whetstone.errors import WhetstoneError
 from whetstone.export import GGUF_DTYPES
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)  # llama.cpp's "llama" layout
+# llama.cpp's "llama" layout. Its converter writes Mistral there too: the same blocks, names and rotary; only a
+# sliding window (Mistral 7B v0.1) has no place in it, and check_architecture refuses that.
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 
 _LAYER_TENSORS = {
     "self_attn.q_proj": "attn_q",
@@ -75,6 +78,13 @@ def check_architecture(config: dict) -> None:
     for flag in ("attention_bias", "mlp_bias"):
         if config.get(flag):
             raise WhetstoneError(f"--format gguf: {flag}=true is not part of llama.cpp's llama layout.")
+    window = config.get("sliding_window")
+    if window is not None and window < config.get("max_position_embeddings", 0):
+        raise WhetstoneError(
+            f"--format gguf: the {archs[0]} attends within a sliding window of {window} tokens, which llama.cpp's "
+            f"llama layout does not write: past {window} tokens the file would compute another function. Export "
+            f"--format merged and convert it with llama.cpp's convert_hf_to_gguf.py."
+        )
 
 
 def _rope_theta(config: dict) -> float:
@@ -142,6 +152,16 @@ def _token_list(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
     return tokens, [int(t) for t in types]
 
 
+def gguf_stop_ids(tokenizer) -> list[int]:
+    """What llama.cpp stops on: EOS, then the chat template's end-of-turn token where it is another one.
+
+    A template whose turns end in another token than EOS (Llama 3 base's <|eot_id|>, its EOS being
+    <|end_of_text|>) needs the file's tokenizer.ggml.eot_token_id; llama.cpp holds one such id.
+    """
+    eot = next((t for t in end_of_turn_ids(tokenizer) if t != tokenizer.eos_token_id), None)
+    return [tokenizer.eos_token_id] + ([eot] if eot is not None else [])
+
+
 def _merges(tokenizer) -> list[str]:
     model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
     if model.get("type") != "BPE":
@@ -168,6 +188,9 @@ def _write_tokenizer(writer, tokenizer, vocab_size: int, pre: str) -> None:
     if tokenizer.bos_token_id is not None:
         writer.add_bos_token_id(tokenizer.bos_token_id)
     writer.add_eos_token_id(tokenizer.eos_token_id)
+    stops = gguf_stop_ids(tokenizer)
+    if len(stops) > 1:
+        writer.add_eot_token_id(stops[1])
     if tokenizer.unk_token_id is not None:
         writer.add_unk_token_id(tokenizer.unk_token_id)
     if tokenizer.pad_token_id is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from whetstone.config import ModelConfig, read_yaml
-from whetstone.data.render import render_prompt
+from whetstone.data.render import render_prompt, stop_ids
 from whetstone.errors import WhetstoneError
 from whetstone.methods.lora import fold_adapters
 from whetstone.models.load import load_model, load_tokenizer, run_model_config
@@ -104,7 +104,8 @@ def load_for_inference(model: str | None = None, adapter: str | None = None, run
 def generate_answers(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int = 128,
                      temperature: float = 0.0, batch_size: int = 8, seed: int = 0,
                      ended: list[bool] | None = None) -> list[str]:
-    """Answer each conversation; greedy when temperature is 0. Stops at EOS (see generate_from_prompts for `ended`)."""
+    """Answer each conversation; greedy when temperature is 0. Stops at the end of the turn (see
+    generate_from_prompts for `ended`)."""
     prompts = [render_prompt(tokenizer, c) for c in conversations]
     return generate_from_prompts(model, tokenizer, prompts, max_new_tokens, temperature, batch_size, seed,
                                  add_special_tokens=False, ended=ended)  # the chat template already wrote them
@@ -119,12 +120,16 @@ def generate_from_prompts(model, tokenizer, prompts: list[str], max_new_tokens: 
     With strip=False the continuations keep their leading whitespace, so that prompt + continuation
     reads as the model wrote it.
 
-    With a list `ended`, it is filled, in the input order, with whether each answer ended with EOS
+    Generation stops at any of the chat template's end-of-turn ids or EOS (render.stop_ids): Gemma ends a
+    turn with <end_of_turn> and Phi-3 with <|end|>, neither of which is its EOS, and a model tuned on
+    their templates learned to stop there. The stop token is not part of the answer.
+
+    With a list `ended`, it is filled, in the input order, with whether each answer ended with one of those
     (False: max_new_tokens cut it).
 
     Rows are left-padded so every row continues from the right edge. Sorting by
     length keeps the padding (compute spent on nothing) small; a batch ends when
-    every row has emitted EOS, and rows that stopped earlier only carry padding.
+    every row has emitted a stop id, and rows that stopped earlier only carry padding.
     """
     if not prompts:
         return []
@@ -136,19 +141,21 @@ def generate_from_prompts(model, tokenizer, prompts: list[str], max_new_tokens: 
     answers: list[str] = [""] * len(prompts)
     stopped = [False] * len(prompts)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    stops = stop_ids(tokenizer)
     try:
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             inputs = tokenizer([prompts[i] for i in rows], return_tensors="pt", padding=True,
                                add_special_tokens=add_special_tokens)
             inputs = {k: v.to(model.device) for k, v in inputs.items()}  # (B, T) each
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, eos_token_id=stops,
                                     pad_token_id=tokenizer.pad_token_id, **sampling)
             new_tokens = output[:, inputs["input_ids"].shape[1] :]  # (B, <= max_new_tokens)
             for i, text in zip(rows, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
                 answers[i] = text.strip() if strip else text
-            for i, has_eos in zip(rows, (new_tokens == tokenizer.eos_token_id).any(dim=1).tolist()):
-                stopped[i] = has_eos
+            for i, has_stop in zip(rows, torch.isin(new_tokens, torch.tensor(stops, device=new_tokens.device))
+                                   .any(dim=1).tolist()):
+                stopped[i] = has_stop
     finally:
         tokenizer.padding_side = side
     if ended is not None:

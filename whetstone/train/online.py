@@ -35,7 +35,7 @@ from whetstone.config import ONLINE_OBJECTIVES, RunConfig, config_from_dict, rea
 from whetstone.data.batches import epoch_order
 from whetstone.data.dataset import load_splits
 from whetstone.data.records import Message, Record
-from whetstone.data.render import render_prompt
+from whetstone.data.render import render_prompt, stop_ids
 from whetstone.errors import WhetstoneError
 from whetstone.methods import apply_method, count_parameters, is_adapter_model
 from whetstone.methods.lora import interpolate_toward_base
@@ -147,7 +147,7 @@ def sample_completions(model, tokenizer, prompts: list[Prompt], cfg, device) -> 
     from transformers import GenerationConfig
 
     width = max(len(p.ids) for p in prompts)
-    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    pad_id, stops = tokenizer.pad_token_id, stop_ids(tokenizer)  # the template's end of turn and EOS
     prompt_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)  # (N, P), left-padded
     prompt_mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for row, prompt in enumerate(prompts):
@@ -156,11 +156,11 @@ def sample_completions(model, tokenizer, prompts: list[Prompt], cfg, device) -> 
     # An explicit config: the model's own generation_config (top_k, repetition penalty...) would change
     # the distribution we sample from without telling the log-prob computation below.
     generation = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
-                                  max_new_tokens=cfg.max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id)
+                                  max_new_tokens=cfg.max_new_tokens, eos_token_id=stops, pad_token_id=pad_id)
     output = model.generate(input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device),
                             generation_config=generation)  # (N, P + L)
     completion = output[:, width:]
-    is_eos = completion == eos_id
+    is_eos = torch.isin(completion, torch.tensor(stops, device=completion.device))
     # Keep tokens up to and including the first EOS; what generate appended after it is padding.
     after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
     mask = (~after_eos).float()  # (N, L)
