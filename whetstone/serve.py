@@ -1,6 +1,8 @@
 """`whetstone serve`: a local OpenAI-compatible HTTP server for a base model and its adapters.
 
-    POST /v1/chat/completions   messages -> the chat template -> tokens; "stream": true sends SSE chunks
+    POST /v1/chat/completions   messages (and tools) -> the chat template -> tokens; "stream": true sends
+                                SSE chunks. The reply is taken apart as the template writes it
+                                (whetstone/data/tool_parse.py): reasoning_content, content, tool_calls
     POST /v1/completions        a raw prompt, no template
     GET  /v1/models             the base model's id and every adapter's name
     GET  /health                no auth; for scripts waiting on start-up
@@ -27,6 +29,7 @@ import hmac
 import inspect
 import json
 import math
+import re
 import sys
 import threading
 import time
@@ -40,10 +43,12 @@ from typing import ClassVar
 
 import torch
 
+from whetstone.data.tool_parse import THINK_OPEN, TOOL_CALL_FORMATS, parse_reply, reasoning_format, tool_call_format
 from whetstone.errors import WhetstoneError
 from whetstone.jsonhttp import JsonHandler, JsonServer
 
-ROLES = ("system", "developer", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant", "tool")
+TOOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # OpenAI's rule for a function name
 MIN_TEMPERATURE = 0.01  # below it logits / T overflows float32 (1e-300 gives inf - inf = nan), and it is greedy anyway
 SEEDS = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 
@@ -84,7 +89,8 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int = 0
     finish_reason: str | None = None
-    text: str = ""
+    text: str = ""  # as a person reads it: the tokenizer's special tokens left out
+    raw_text: str = ""  # with them: the markup (<|channel|>, [TOOL_CALLS], ...) that tool_parse reads
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -115,7 +121,12 @@ class Engine:
         params = inspect.signature(forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self.context_length = getattr(self.model.config, "max_position_embeddings", None) or 2048
-        self.stop_ids = {self.tokenizer.eos_token_id}
+        from whetstone.data.render import stop_ids
+
+        self.stop_ids = set(stop_ids(self.tokenizer))  # the template's end of turn (Gemma, Phi-3) and EOS
+        # Longest first, so that no special token is removed from inside another.
+        self.special_texts = sorted({t.content for t in self.tokenizer.added_tokens_decoder.values() if t.special},
+                                    key=len, reverse=True)
         self.lock = threading.Lock()
 
     @property
@@ -131,11 +142,18 @@ class Engine:
         self.model.set_adapter(model_id)
         return nullcontext()
 
-    def chat_prompt(self, messages: list[dict]) -> list[int]:
+    def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         from whetstone.data.render import render_prompt
 
-        text = render_prompt(self.tokenizer, messages)
+        text = render_prompt(self.tokenizer, messages) if not tools else render_with_tools(self.tokenizer, messages,
+                                                                                           tools)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def visible(self, text: str) -> str:
+        """`text` without the tokenizer's special tokens (what decode(skip_special_tokens=True) leaves)."""
+        for special in self.special_texts:
+            text = text.replace(special, "")
+        return text.strip()
 
     def text_prompt(self, prompt: str) -> list[int]:
         return self.tokenizer(prompt)["input_ids"]
@@ -189,6 +207,52 @@ class Engine:
         if len(text) > len(sent) and text.startswith(sent):
             yield text[len(sent) :]
         result.text = text
+        raw = self.tokenizer.decode(ids, skip_special_tokens=False)
+        cut = _stop_at(raw, stop)
+        result.raw_text = raw[:cut] if cut is not None else raw
+
+
+def render_with_tools(tokenizer, messages: list[dict], tools: list[dict]) -> str:
+    """render.render_prompt with the functions a request offers.
+
+    A template that ignores `tools` would leave the model unaware of them: that is an error, not a
+    prompt quietly without them.
+    """
+    from whetstone.data.render import render_prompt
+
+    plain = render_prompt(tokenizer, messages)  # raises the user-facing error for a missing or broken template
+    text = render_prompt(tokenizer, messages, tools)
+    if text == plain:
+        raise WhetstoneError("this model's chat template does not show tools to the model, so it cannot call them; "
+                             "leave 'tools' out, or serve a model whose template renders them.")
+    return text
+
+
+@dataclass
+class ReplyFormat:
+    """How a chat reply is taken apart (tool_parse.parse_reply)."""
+
+    tools: bool  # the request offered tools: read tool calls
+    opened: bool  # the prompt ends inside <think>: the reply starts with reasoning
+
+
+def reply_message(engine: Engine, result: Generation, reply: ReplyFormat | None) -> tuple[dict, str | None]:
+    """(the assistant message of a chat reply, its finish_reason)."""
+    if reply is None:
+        return {"role": "assistant", "content": result.text}, result.finish_reason
+    parsed = parse_reply(result.raw_text, engine.tokenizer, tools=reply.tools, opened=reply.opened)
+    calls = parsed["tool_calls"]
+    if parsed["reasoning"] is None and not calls and parsed["content"] == result.raw_text:
+        content = result.text  # nothing was taken apart
+    else:
+        content = engine.visible(parsed["content"])
+    message = {"role": "assistant", "content": content if content or not calls else None}
+    if parsed["reasoning"] is not None:
+        message["reasoning_content"] = engine.visible(parsed["reasoning"])
+    if calls:
+        message["tool_calls"] = calls
+        return message, "tool_calls"
+    return message, result.finish_reason
 
 
 def _choose(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
@@ -297,28 +361,120 @@ def _finite(body: dict, key: str, default: float) -> float:
 
 
 def parse_messages(body: dict) -> list[dict]:
+    """The request's messages as the dicts chat templates read (render.message_dicts), every field checked."""
+    from whetstone.data.records import Message
+    from whetstone.data.render import message_dicts
+
     messages = _get(body, "messages", (list,), required=True)
     if not messages:
         raise RequestError(400, "'messages' must hold at least one message.", "messages")
     out = []
+    names: dict[str, str] = {}  # tool call id -> its function, for a tool message that does not name it
     for i, message in enumerate(messages):
+        where = f"messages[{i}]"
         if not isinstance(message, dict):
-            raise RequestError(400, f"messages[{i}] must be an object with 'role' and 'content'.", f"messages[{i}]")
+            raise RequestError(400, f"{where} must be an object with 'role' and 'content'.", where)
         role = message.get("role")
         if role not in ROLES:
-            raise RequestError(400, f"messages[{i}].role must be one of {list(ROLES)}, got {role!r}.",
-                               f"messages[{i}].role")
-        content = message.get("content")
-        if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise RequestError(400, f"messages[{i}].content: only text parts are supported.",
-                                   f"messages[{i}].content")
-            content = "".join(p["text"] for p in content)
-        if not isinstance(content, str):
-            raise RequestError(400, f"messages[{i}].content must be a string.", f"messages[{i}].content")
-        out.append({"role": "system" if role == "developer" else role, "content": content})
-    return out
+            raise RequestError(400, f"{where}.role must be one of {list(ROLES)}, got {role!r}.", f"{where}.role")
+        calls = _tool_calls(message, where) if role == "assistant" else ()
+        content = _content(message, where, optional=bool(calls))
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise RequestError(400, f"{where}.tool_call_id must be the id of the call this message answers.",
+                                   f"{where}.tool_call_id")
+            name = message.get("name") if isinstance(message.get("name"), str) else names.get(call_id)
+            out.append(Message("tool", content, tool_call_id=call_id, name=name))
+            continue
+        reasoning = message.get("reasoning_content") if role == "assistant" else None
+        if reasoning is not None and not isinstance(reasoning, str):
+            raise RequestError(400, f"{where}.reasoning_content must be a string.", f"{where}.reasoning_content")
+        names.update((call.id, call.name) for call in calls if call.id)
+        out.append(Message("system" if role == "developer" else role, content, reasoning=reasoning,
+                           tool_calls=calls))
+    return message_dicts(out)
+
+
+def _content(message: dict, where: str, optional: bool) -> str:
+    content = message.get("content")
+    if content is None and optional:  # an assistant turn that only calls tools
+        return ""
+    if isinstance(content, list):  # [{"type": "text", "text": ...}, ...]
+        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                   for p in content):
+            raise RequestError(400, f"{where}.content: only text parts are supported.", f"{where}.content")
+        content = "".join(p["text"] for p in content)
+    if not isinstance(content, str):
+        raise RequestError(400, f"{where}.content must be a string.", f"{where}.content")
+    return content
+
+
+def _tool_calls(message: dict, where: str) -> tuple:
+    """An assistant message's tool_calls (OpenAI's shape, arguments a JSON string) as records.ToolCall."""
+    from whetstone.data.records import ToolCall
+
+    calls = message.get("tool_calls")
+    if calls is None:
+        return ()
+    shape = '{"id": ..., "type": "function", "function": {"name": ..., "arguments": "{...}"}}'
+    if not isinstance(calls, list):
+        raise RequestError(400, f"{where}.tool_calls must be a list of {shape}.", f"{where}.tool_calls")
+    out = []
+    for j, call in enumerate(calls):
+        at = f"{where}.tool_calls[{j}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"] \
+                or call.get("type", "function") != "function":
+            raise RequestError(400, f"{at} must be {shape}.", at)
+        arguments = function.get("arguments", "{}")
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments)
+            except (ValueError, RecursionError):
+                raise RequestError(400, f"{at}.function.arguments is not valid JSON; send the arguments object "
+                                        f"encoded as a JSON string, as OpenAI's API does.",
+                                   f"{at}.function.arguments") from None
+        if not isinstance(arguments, dict):
+            raise RequestError(400, f"{at}.function.arguments must hold a JSON object, got "
+                                    f"{type(arguments).__name__}.", f"{at}.function.arguments")
+        call_id = call.get("id")
+        if call_id is not None and not isinstance(call_id, str):
+            raise RequestError(400, f"{at}.id must be a string.", f"{at}.id")
+        out.append(ToolCall(function["name"], arguments, call_id))
+    return tuple(out)
+
+
+def parse_tools(body: dict) -> list[dict] | None:
+    """The functions the model may call, as templates take them; None when none are offered or
+    tool_choice is "none" (the prompt then shows no tools, and the reply is not searched for calls)."""
+    choice = body.get("tool_choice")
+    if choice is not None and choice not in ("auto", "none"):
+        raise RequestError(400, f"tool_choice {json.dumps(choice)[:80]}: this server supports \"auto\" and \"none\" "
+                                f"only (it cannot force a call); leave it out or send \"auto\".", "tool_choice")
+    tools = _get(body, "tools", (list,), [])
+    shape = '{"type": "function", "function": {"name": ..., "description": ..., "parameters": {...}}}'
+    out, names = [], set()
+    for i, tool in enumerate(tools):
+        at = f"tools[{i}]"
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or tool.get("type", "function") != "function":
+            raise RequestError(400, f"{at} must be {shape}.", at)
+        name = function.get("name")
+        if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
+            raise RequestError(400, f"{at}.function.name must be 1 to 64 letters, digits, '_', '-' or '.', got "
+                                    f"{json.dumps(name)[:80]}.", f"{at}.function.name")
+        if name in names:
+            raise RequestError(400, f"{at}.function.name {name!r} is offered twice; give each tool once.",
+                               f"{at}.function.name")
+        if not isinstance(function.get("description", ""), str):
+            raise RequestError(400, f"{at}.function.description must be a string.", f"{at}.function.description")
+        if not isinstance(function.get("parameters", {}), dict):
+            raise RequestError(400, f"{at}.function.parameters must be a JSON Schema object, e.g. "
+                                    f'{{"type": "object", "properties": {{...}}}}.', f"{at}.function.parameters")
+        names.add(name)
+        out.append({"type": "function", "function": function})
+    return out if out and choice != "none" else None
 
 
 def parse_prompt(body: dict) -> str:
@@ -417,13 +573,23 @@ class Handler(JsonHandler):
 
     def _chat(self) -> None:
         body = self._read_json()
-        sampling = parse_sampling(body, self.server.engine, self.server.limits)
+        engine = self.server.engine
+        sampling = parse_sampling(body, engine, self.server.limits)
         messages = parse_messages(body)
+        tools = parse_tools(body)
+        if tools and tool_call_format(engine.tokenizer) is None:
+            raise RequestError(400, f"'tools': this model's chat template writes tool calls in a format this server "
+                                    f"cannot read back (it reads {', '.join(TOOL_CALL_FORMATS)}); leave 'tools' out "
+                                    f"and parse the text yourself.", "tools")
         try:
-            prompt_ids = self.server.engine.chat_prompt(messages)
+            prompt_ids = engine.chat_prompt(messages, tools)
         except WhetstoneError as exc:
-            raise RequestError(400, str(exc), "messages") from None
-        self._generate(sampling, prompt_ids, chat=True)
+            raise RequestError(400, str(exc), "tools" if tools else "messages") from None
+        reply = None
+        if tools or reasoning_format(engine.tokenizer):
+            opened = engine.tokenizer.decode(prompt_ids[-16:]).rstrip().endswith(THINK_OPEN)  # a prefilled <think>
+            reply = ReplyFormat(tools=bool(tools), opened=opened)
+        self._generate(sampling, prompt_ids, chat=True, reply=reply)
 
     def _completion(self) -> None:
         body = self._read_json()
@@ -432,7 +598,8 @@ class Handler(JsonHandler):
             raise RequestError(400, "echo, logprobs and best_of are not supported.")
         self._generate(sampling, self.server.engine.text_prompt(parse_prompt(body)), chat=False)
 
-    def _generate(self, sampling: Sampling, prompt_ids: list[int], chat: bool) -> None:
+    def _generate(self, sampling: Sampling, prompt_ids: list[int], chat: bool, reply: ReplyFormat | None = None
+                  ) -> None:
         engine, limits = self.server.engine, self.server.limits
         if len(prompt_ids) + sampling.max_tokens > engine.context_length:
             raise RequestError(400, f"the prompt has {len(prompt_ids)} tokens; with max_tokens={sampling.max_tokens} "
@@ -446,11 +613,12 @@ class Handler(JsonHandler):
         ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         try:
             if sampling.stream:
-                self._stream(ident, sampling.model, deltas, result, chat)
+                self._stream(ident, sampling.model, deltas, result, chat, reply)
             else:
                 for _ in deltas:
                     self._stop_if_closing()
-                self._send_json(200, _final_body(ident, sampling.model, result, chat))
+                message = reply_message(engine, result, reply) if chat else None
+                self._send_json(200, _final_body(ident, sampling.model, result, message))
         finally:
             deltas.close()  # leave the adapter context (a client may have left mid-stream) before unlocking
             engine.lock.release()
@@ -460,7 +628,10 @@ class Handler(JsonHandler):
         if self.server.closing.is_set():
             raise RequestError(503, "the server is shutting down.", kind="server_busy")
 
-    def _stream(self, ident: str, model: str, deltas: Iterator[str], result: Generation, chat: bool) -> None:
+    def _stream(self, ident: str, model: str, deltas: Iterator[str], result: Generation, chat: bool,
+                reply: ReplyFormat | None) -> None:
+        """Send the deltas as they come; or, when the reply is taken apart (reply), the whole message in one
+        chunk at the end, since a tool call or a reasoning block cannot be split off before it is complete."""
         self.close_connection = True  # the stream ends when the connection does
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -473,10 +644,13 @@ class Handler(JsonHandler):
             self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
             self.wfile.flush()
 
-        def chunk(delta: str | None, finish: str | None, first: bool = False) -> dict:
+        def chunk(delta: str | dict | None, finish: str | None, first: bool = False) -> dict:
             if chat:
-                content = {"role": "assistant", "content": ""} if first else ({"content": delta} if delta else {})
-                choice = {"index": 0, "delta": content, "finish_reason": finish}
+                if first:
+                    delta = {"role": "assistant", "content": ""}
+                elif not isinstance(delta, dict):  # a piece of text
+                    delta = {"content": delta} if delta else {}
+                choice = {"index": 0, "delta": delta, "finish_reason": finish}
                 return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model,
                         "choices": [choice]}
             return {"id": ident, "object": "text_completion", "created": created, "model": model,
@@ -487,7 +661,15 @@ class Handler(JsonHandler):
         try:
             for delta in deltas:
                 self._stop_if_closing()
-                event(chunk(delta, None))
+                if reply is None:
+                    event(chunk(delta, None))
+            finish = result.finish_reason
+            if reply is not None:
+                message, finish = reply_message(self.server.engine, result, reply)
+                del message["role"]  # sent in the first chunk
+                if "tool_calls" in message:
+                    message["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
+                event(chunk(message, None))
         except RequestError as exc:  # a timeout or shutdown, after the headers went out: say so in the stream
             event(exc.body())
         except OSError:
@@ -496,7 +678,7 @@ class Handler(JsonHandler):
             traceback.print_exc(file=sys.stderr)
             event(self.client_error(500, f"internal error: {type(exc).__name__}: {exc}").body())
         else:
-            final = chunk(None, result.finish_reason)
+            final = chunk(None, finish)
             final["usage"] = _usage(result)
             event(final)
         self.wfile.write(b"data: [DONE]\n\n")
@@ -508,10 +690,10 @@ def _usage(result: Generation) -> dict:
             "total_tokens": result.prompt_tokens + result.completion_tokens}
 
 
-def _final_body(ident: str, model: str, result: Generation, chat: bool) -> dict:
-    if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": result.text},
-                  "finish_reason": result.finish_reason, "logprobs": None}
+def _final_body(ident: str, model: str, result: Generation, message: tuple[dict, str | None] | None) -> dict:
+    """A chat completion when `message` (reply_message's) is given, else a text completion."""
+    if message is not None:
+        choice = {"index": 0, "message": message[0], "finish_reason": message[1], "logprobs": None}
         kind = "chat.completion"
     else:
         choice = {"index": 0, "text": result.text, "logprobs": None, "finish_reason": result.finish_reason}

@@ -281,7 +281,7 @@ def test_serve_binds_loopback_by_default():
 
 
 def test_a_bug_costs_one_request_a_500_not_the_server(server, client, monkeypatch, capsys):
-    def broken(messages):
+    def broken(*args):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(server.engine, "chat_prompt", broken)

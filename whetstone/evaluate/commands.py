@@ -216,8 +216,9 @@ def run_eval(args: argparse.Namespace) -> int:
                   render_result(result, options)]
         answers = result
     if args.answers and answers is not None:
-        rows = [{"origin": r.origin, "answer": a, "reference": ref}
-                for r, a, ref in zip(records, answers.answers, answers.references)]
+        reasoning = answers.reasoning or [None] * len(records)
+        rows = [{"origin": r.origin, "answer": a, "reference": ref} | ({"reasoning": t} if t is not None else {})
+                for r, a, ref, t in zip(records, answers.answers, answers.references, reasoning)]
         Path(args.answers).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
     if knowledge is not None:

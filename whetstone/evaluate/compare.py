@@ -9,16 +9,19 @@ from collections.abc import Sequence
 from whetstone.data.records import Record
 from whetstone.errors import WhetstoneError
 from whetstone.evaluate.fewshot import as_example
+from whetstone.evaluate.harness import generate_replies
 from whetstone.evaluate.metrics import ROUGE_KEYS, example_score
 from whetstone.evaluate.pair import ModelPair
-from whetstone.models.inference import generate_answers
 
 PER_EXAMPLE = ("rougeL", "rouge1", "rouge2", "chrf", "bleu", "exact_match")
 
 
 def compare_answers(pair: ModelPair, records: Sequence[Record], n: int, metric: str, max_new_tokens: int,
                     batch_size: int) -> list[dict]:
-    """The first n question/answer records, answered by both models, scored by `metric` (one per example)."""
+    """The first n question/answer records, answered by both models, scored by `metric` (one per example).
+
+    An answer's reasoning is not scored; a row carries it as base_reasoning / tuned_reasoning where there is one.
+    """
     if metric not in PER_EXAMPLE:
         raise WhetstoneError(f"--metric: got {metric!r}; choose one of {', '.join(PER_EXAMPLE)}.")
     if n < 1:
@@ -27,13 +30,18 @@ def compare_answers(pair: ModelPair, records: Sequence[Record], n: int, metric: 
     if not examples:
         raise WhetstoneError("compare needs question/answer records (chat or prompt with a reference) in --data.")
     conversations = [[{"role": m.role, "content": m.content} for m in e.prompt] for e in examples]
-    tuned = generate_answers(pair.tuned, pair.tokenizer, conversations, max_new_tokens, batch_size=batch_size)
+    tuned, tuned_reasoning = generate_replies(pair.tuned, pair.tokenizer, conversations, max_new_tokens, batch_size)
     with pair.base() as base_model:
-        base = generate_answers(base_model, pair.tokenizer, conversations, max_new_tokens, batch_size=batch_size)
-    return [{"question": e.prompt[-1].content, "reference": e.answer,
-             "base": b, "base_score": example_score(metric, b, e.answer),
-             "tuned": t, "tuned_score": example_score(metric, t, e.answer)}
-            for e, b, t in zip(examples, base, tuned)]
+        base, base_reasoning = generate_replies(base_model, pair.tokenizer, conversations, max_new_tokens,
+                                                batch_size)
+    rows = []
+    for e, b, t, b_thought, t_thought in zip(examples, base, tuned, base_reasoning, tuned_reasoning):
+        row = {"question": e.prompt[-1].content, "reference": e.answer,
+               "base": b, "base_score": example_score(metric, b, e.answer),
+               "tuned": t, "tuned_score": example_score(metric, t, e.answer)}
+        row.update({k: v for k, v in (("base_reasoning", b_thought), ("tuned_reasoning", t_thought)) if v is not None})
+        rows.append(row)
+    return rows
 
 
 def _fmt(metric: str, value: float) -> str:

@@ -27,10 +27,9 @@ from whetstone.data.records import Message, Record
 from whetstone.data.render import render_record
 from whetstone.errors import WhetstoneError
 from whetstone.evaluate.fewshot import as_example
-from whetstone.evaluate.harness import loss_by_task
+from whetstone.evaluate.harness import generate_replies, loss_by_task
 from whetstone.evaluate.metrics import contains_answer
 from whetstone.evaluate.pair import ModelPair
-from whetstone.models.inference import generate_answers
 
 BUNDLED_PROBE = Path(__file__).resolve().parents[2] / "examples" / "general_probe"
 PROBE_MAX_LENGTH = 256  # tokens per probe record; the bundled passages are shorter
@@ -87,7 +86,7 @@ def run_probe(model, tokenizer, probe: Probe, batch_size: int = 16) -> ProbeResu
                                   tokenizer, PROBE_MAX_LENGTH) for r, e in zip(probe.questions, examples)]
         qa_ppl = _perplexity(model, tokenizer, rendered, batch_size)
         conversations = [[{"role": m.role, "content": m.content} for m in e.prompt] for e in examples]
-        answers = generate_answers(model, tokenizer, conversations, PROBE_NEW_TOKENS, batch_size=batch_size)
+        answers, _ = generate_replies(model, tokenizer, conversations, PROBE_NEW_TOKENS, batch_size)  # no reasoning
         qa_accuracy = sum(contains_answer(a, e.answer) for a, e in zip(answers, examples)) / len(examples)
     return ProbeResult(text_ppl, qa_ppl, qa_accuracy, len(probe.texts), len(probe.questions),
                        time.perf_counter() - start)

@@ -3,7 +3,9 @@
 What each kind of record gets:
 
     chat / prompt        loss and perplexity on the answer tokens; the answer is generated
-                         (batched, greedy, stops at EOS) and scored by the generation metrics
+                         (batched, greedy, stops at EOS) and scored by the generation metrics,
+                         without its reasoning (a <think> block, gpt-oss's analysis channel),
+                         which is kept beside it
     classification       loss on the gold label; the label strings are ranked by
                          log-likelihood as answers (no free-text parsing) for accuracy, macro-F1
     text                 loss and perplexity on every token
@@ -25,7 +27,8 @@ from whetstone.config import EVAL_METRICS
 from whetstone.data.dataset import TokenizedSet
 from whetstone.data.formats import label_set
 from whetstone.data.records import Message, Record
-from whetstone.data.render import IGNORE, Rendered, render_record
+from whetstone.data.render import IGNORE, Rendered, render_prompt, render_record
+from whetstone.data.tool_parse import THINK_OPEN, reasoning_format, split_reasoning
 from whetstone.errors import WhetstoneError
 from whetstone.evaluate.fewshot import Example, as_example, with_shots
 from whetstone.evaluate.loss import objective_loss
@@ -56,6 +59,7 @@ class EvalResult:
     generated: int = 0  # answers generated
     generation_s: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
+    reasoning: list[str | None] = field(default_factory=list)  # split off each generated answer; never scored
 
     @property
     def examples_per_s(self) -> float | None:
@@ -130,7 +134,8 @@ def evaluate(model, tokenizer, records: Sequence[Record], options: EvalOptions,
                                  f"prompt (with a reference), classification and text records.")
     prompts = [None if e is None else with_shots(e, shots[i]) if shots else e.prompt for i, e in enumerate(examples)]
     tasks = [r.task for r in records]
-    result = EvalResult(len(records), {}, {}, [None] * len(records), [e.answer if e else None for e in examples])
+    result = EvalResult(len(records), {}, {}, [None] * len(records), [e.answer if e else None for e in examples],
+                        reasoning=[None] * len(records))
 
     if "loss" in metrics:
         rendered = [_loss_example(r, p, e.answer if e else None, tokenizer, options.max_length, bool(shots))
@@ -150,12 +155,12 @@ def evaluate(model, tokenizer, records: Sequence[Record], options: EvalOptions,
     if generation and asked:
         conversations = [[{"role": m.role, "content": m.content} for m in prompts[i]] for i in asked]
         start = time.perf_counter()
-        answers = generate_answers(model, tokenizer, conversations, options.max_new_tokens,
-                                   batch_size=options.batch_size)
+        answers, reasoning = generate_replies(model, tokenizer, conversations, options.max_new_tokens,
+                                              options.batch_size)
         result.generation_s = time.perf_counter() - start
         result.generated = len(answers)
-        for i, answer in zip(asked, answers):
-            result.answers[i] = answer
+        for i, answer, thought in zip(asked, answers, reasoning):
+            result.answers[i], result.reasoning[i] = answer, thought
         _score(result, asked, tasks, lambda idx: generation_scores(
             generation, [result.answers[i] for i in idx], [result.references[i] for i in idx]))
 
@@ -168,6 +173,22 @@ def evaluate(model, tokenizer, records: Sequence[Record], options: EvalOptions,
         _score(result, classified, tasks, lambda idx: label_scores(
             ranking, [result.answers[i] for i in idx], [result.references[i] for i in idx]))
     return result
+
+
+def generate_replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
+                     batch_size: int) -> tuple[list[str], list[str | None]]:
+    """(answers, reasoning) to each conversation, greedy. The reasoning (None where there is none) is
+    split off, so that an answer is scored on what it says, not on what the model thought first."""
+    texts = generate_answers(model, tokenizer, conversations, max_new_tokens, batch_size=batch_size)
+    think = reasoning_format(tokenizer) == "think"
+    answers, reasoning = [], []
+    for conversation, text in zip(conversations, texts):
+        # A template that prefills <think> (DeepSeek-R1) has the reply start inside it.
+        opened = think and render_prompt(tokenizer, conversation).rstrip().endswith(THINK_OPEN)
+        thought, answer = split_reasoning(text, tokenizer, opened=opened)
+        answers.append(answer)
+        reasoning.append(thought)
+    return answers, reasoning
 
 
 def _score(result: EvalResult, indices: list[int], tasks: list[str | None], score) -> None:

@@ -176,8 +176,12 @@ def _answer_rows(model: EvalResult, base: EvalResult | None) -> list[dict]:
     rows = []
     for i, (answer, reference) in enumerate(zip(model.answers, model.references)):
         row = {"answer": answer, "reference": reference}
+        if model.reasoning and model.reasoning[i] is not None:
+            row["reasoning"] = model.reasoning[i]
         if base is not None:
             row["base_answer"] = base.answers[i]
+            if base.reasoning and base.reasoning[i] is not None:
+                row["base_reasoning"] = base.reasoning[i]
         rows.append(row)
     return rows
 
