@@ -38,9 +38,9 @@ def _run_spied(config_path, run, **train_kwargs):
     loaded, adapters = [], []
     real = loop.apply_method
 
-    def spy(model, cfg):
+    def spy(model, cfg, **kwargs):
         loaded.append(tensors_sha256(dict(model.named_parameters())))
-        out = real(model, cfg)
+        out = real(model, cfg, **kwargs)
         adapters.append(tensors_sha256(get_peft_model_state_dict(out)))
         return out
 
@@ -152,9 +152,9 @@ def stacked(tmp_path_factory, tiny_model_dir):
     loaded, adapters, start_logits = [], [], []
     real = loop.apply_method
 
-    def spy(model, cfg):
+    def spy(model, cfg, **kwargs):
         loaded.append(tensors_sha256(dict(model.named_parameters())))
-        out = real(model, cfg)
+        out = real(model, cfg, **kwargs)
         adapters.append(tensors_sha256(get_peft_model_state_dict(out)))
         was = out.training
         with torch.no_grad():
