@@ -72,24 +72,9 @@ def load_show_tokenizer(spec: str | None, chat_template_file: str | None = None)
             f"give a model directory, a tokenizer directory (e.g. one written by tokenizer.save_pretrained) or "
             f"{EMBEDDED_MODEL}."
         )
-    from transformers import AutoTokenizer
+    from whetstone.models.load import load_tokenizer_files  # lazy: imports transformers
 
-    from whetstone.models.load import quiet_transformers
-
-    quiet_transformers()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError, TypeError, KeyError) as exc:  # each broken tokenizer file fails differently
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise WhetstoneError(
-            f"could not read the tokenizer in {spec} ({first}); it needs a readable tokenizer.json (or "
-            f"tokenizer.model) and tokenizer_config.json."
-        ) from None
-    if template is not None:
-        tokenizer.chat_template = template
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token  # as load_tokenizer does: padding is masked out
-    return tokenizer
+    return load_tokenizer_files(path, template)
 
 
 def _read_template(path: str) -> str:

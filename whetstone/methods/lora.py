@@ -46,8 +46,8 @@ def apply_lora(model: torch.nn.Module, cfg: MethodConfig) -> torch.nn.Module:
     return get_peft_model(model, peft_config)
 
 
-def keep_input_dtype(model: torch.nn.Module) -> int:
-    """Stop peft casting each adapter's input to the adapter's fp32 dtype; returns how many layers changed.
+def keep_input_dtype(model: torch.nn.Module) -> None:
+    """Stop peft casting each adapter's input to the adapter's fp32 dtype.
 
     Only for a low-precision base under bf16 autocast. There peft's cast gives every adapted module its own fp32
     copy of its input, and autocast casts that copy straight back to bf16 for lora_A's matmul, a second copy
@@ -55,15 +55,12 @@ def keep_input_dtype(model: torch.nn.Module) -> int:
     bf16 matmul, and two fewer activation copies per adapted module. Plain LoRA only: DoRA's variant also
     computes from the input outside lora_A, where the cast changes its numbers.
     """
-    changed = 0
     for module in model.modules():
         base = getattr(module, "base_layer", None)
         if (hasattr(module, "lora_A") and getattr(module, "cast_input_dtype_enabled", False)
                 and not getattr(module, "lora_variant", None)  # DoRA computes its norms from the cast input
                 and getattr(base, "weight", None) is not None and base.weight.dtype in (torch.bfloat16, torch.float16)):
             module.cast_input_dtype_enabled = False
-            changed += 1
-    return changed
 
 
 def interpolate_toward_base(model: torch.nn.Module, share: float) -> None:

@@ -129,11 +129,31 @@ def load_tokenizer(spec: str | ModelConfig, chat_template: str | None = None):
     except (OSError, ValueError, TypeError, KeyError) as exc:  # each broken tokenizer file fails differently
         if resolved.kind == "hub" and isinstance(exc, OSError):
             raise _hub_error(cfg.name, exc) from None
-        raise WhetstoneError(
-            f"model: could not read the tokenizer in {resolved.path} ({_first_line(exc)}). The directory needs a "
-            f"readable tokenizer.json (or tokenizer.model) and tokenizer_config.json: copy them from the model it "
-            f"was trained from."
-        ) from None
+        raise _unreadable_tokenizer(resolved.path, exc) from None
+    return _ready(tokenizer, chat_template)
+
+
+def load_tokenizer_files(directory: str | Path, chat_template: str | None = None):
+    """load_tokenizer for a directory that holds a tokenizer's files and no model (no config.json, no weights)."""
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    except (OSError, ValueError, TypeError, KeyError) as exc:  # each broken tokenizer file fails differently
+        raise _unreadable_tokenizer(str(directory), exc) from None
+    return _ready(tokenizer, chat_template)
+
+
+def _unreadable_tokenizer(path: str, exc: Exception) -> WhetstoneError:
+    return WhetstoneError(
+        f"model: could not read the tokenizer in {path} ({_first_line(exc)}). The directory needs a readable "
+        f"tokenizer.json (or tokenizer.model) and tokenizer_config.json: copy them from the model it was trained from."
+    )
+
+
+def _ready(tokenizer, chat_template: str | None):
+    """The tokenizer with the chat template override and a pad token."""
     if chat_template is not None:
         tokenizer.chat_template = chat_template
     if tokenizer.pad_token_id is None:
