@@ -78,11 +78,11 @@ def measure_before(config) -> dict:
     from whetstone.models import load_model, load_tokenizer
     from whetstone.objectives import OBJECTIVES
     from whetstone.train.device import autocast_context, resolve_device, resolve_precision
-    from whetstone.train.loop import _seed_everything
+    from whetstone.train.loop import seed_everything
 
     cfg = config.train
     device = resolve_device(cfg.device)
-    _seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     objective = OBJECTIVES[config.objective.name]
     tokenizer = load_tokenizer(config.model, config.data.chat_template)
     train_records, eval_records, stats = load_splits(config.data, cfg.seed)
@@ -99,7 +99,7 @@ def measure_before(config) -> dict:
 
 def run_example(name: str, out: Path, stop_after: int | None = None, resume: bool = False) -> None:
     """Train one example into OUT/<run>. stop_after / resume split a long run over two locked commands."""
-    from whetstone.train.loop import train
+    from whetstone.train.dispatch import train
 
     config = example_config(name, out)
     run = out / EXAMPLES[name][1]

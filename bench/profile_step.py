@@ -8,7 +8,7 @@
     # AdamW + clipping alone on the embedded model's LoRA parameters: each implementation in turn, interleaved
     flock /tmp/torch.lock .venv/bin/python bench/profile_step.py optimizer
 
-The step is whetstone's own: `whetstone.train.loop.train` runs the embedded model (smollm2-135m-instruct)
+The step is whetstone's own: `whetstone.train.dispatch.train` runs the embedded model (smollm2-135m-instruct)
 with the settings that are about to become the default: LoRA r 16, alpha 32, all linear layers; batch 8,
 max_length 256, `data.packing: true`, `objective.share_prompt: true`; fp32, or `train.precision: bf16`
 with `model.dtype: auto` (a bf16 frozen base under bf16 autocast). SFT trains on
@@ -17,7 +17,7 @@ reference is the model with its adapters off). The loop runs 2 warm-up steps, th
 timed without the profiler (the step time reported), then --steps steps under torch.profiler (the
 breakdown), then one step whose op shapes are recorded to count its FLOPs (recording shapes slows
 every op, so the timed profile records none), and stops. Nothing in whetstone is changed: the
-script only wraps the loop's own `objective_for`, `build_optimizer` and `_clip_and_measure`, and
+script only wraps the loop's own `objective_for`, `build_optimizer` and `clip_and_measure`, and
 the model's modules, in named ranges.
 
 How time is attributed. Forward pre/post hooks push a named range around each decoder layer's
@@ -210,11 +210,11 @@ def profile_run(kind: str, precision: str, implementation: str, warmup: int, ste
     """Train `warmup` + 2 x `steps` + 1 steps with whetstone's loop: time `steps`, profile `steps`, count FLOPs in 1."""
     from whetstone.models import forward
     from whetstone.objectives import logprobs
-    from whetstone.train import loop
+    from whetstone.train import dispatch, loop, strategy
 
     config = build_config(kind, precision)
     ranges, built = Ranges(), {}
-    originals = (loop.objective_for, loop.build_optimizer, loop._clip_and_measure, forward._ChunkedHeadCrossEntropy,
+    originals = (loop.objective_for, loop.build_optimizer, strategy.clip_and_measure, forward._ChunkedHeadCrossEntropy,
                  logprobs.Reference.logprobs)
 
     positions: list[int] = []  # input_ids.numel() of each micro-batch (batch 8 x 1: one per step)
@@ -269,14 +269,14 @@ def profile_run(kind: str, precision: str, implementation: str, warmup: int, ste
         return False
 
     loop.objective_for, loop.build_optimizer = objective_for, build_optimizer
-    loop._clip_and_measure = in_range("optimizer.clip", originals[2])
+    strategy.clip_and_measure = in_range("optimizer.clip", originals[2])
     forward._ChunkedHeadCrossEntropy = _ChunkedHeadInRange(originals[3])
     logprobs.Reference.logprobs = in_range("reference", originals[4])
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            loop.train(config, Path(tmp) / "run", progress=False, on_step=on_step)
+            dispatch.train(config, Path(tmp) / "run", progress=False, on_step=on_step)
     finally:
-        (loop.objective_for, loop.build_optimizer, loop._clip_and_measure, forward._ChunkedHeadCrossEntropy,
+        (loop.objective_for, loop.build_optimizer, strategy.clip_and_measure, forward._ChunkedHeadCrossEntropy,
          logprobs.Reference.logprobs) = originals
     if c + 1 not in tokens:  # Ctrl-C or SIGTERM: the loop stopped at a step boundary, before the profile ended
         sys.exit(f"{kind}, {precision}: the run stopped after step {max(tokens, default=0)}, before step {c + 1}, "
@@ -405,7 +405,8 @@ def optimizer_only(repeats: int) -> None:
     """Clipping, AdamW's step and zero_grad on the default config's LoRA parameters, each implementation in turn."""
     from whetstone.methods import apply_method
     from whetstone.models import load_model
-    from whetstone.train.loop import _clip_and_measure, build_optimizer
+    from whetstone.train.loop import build_optimizer
+    from whetstone.train.strategy import clip_and_measure
 
     config = build_config("sft", "fp32")
     model = apply_method(load_model(config.model)[0], config.method)
@@ -425,7 +426,7 @@ def optimizer_only(repeats: int) -> None:
             for p, g in zip(params, grads):
                 p.grad = g.clone()
             t0 = time.perf_counter()
-            _clip_and_measure(model, config.train.max_grad_norm)
+            clip_and_measure(model, config.train.max_grad_norm)
             t1 = time.perf_counter()
             optimizer.step()
             t2 = time.perf_counter()

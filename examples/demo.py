@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 from whetstone.config import load_config  # noqa: E402
 from whetstone.errors import WhetstoneError  # noqa: E402
 from whetstone.models.inference import generate_answers, load_for_inference  # noqa: E402
-from whetstone.train.loop import train  # noqa: E402
+from whetstone.train.dispatch import train  # noqa: E402
 
 N_QUESTIONS = 4
 

@@ -14,7 +14,7 @@ from tiny_runs import latest_trainable, tiny_config
 
 from whetstone.errors import WhetstoneError
 from whetstone.train import checkpoint as checkpoint_module
-from whetstone.train.loop import train
+from whetstone.train.dispatch import train
 
 STEPS = 12
 

@@ -72,7 +72,7 @@ def test_missing_deepspeed_fails_before_any_work(monkeypatch, tiny_model_dir, qa
         distributed.resolve_strategy(config)  # the loop's first call after reading the config
     assert "pip install deepspeed" in str(info.value) and "train.strategy: fsdp" in str(info.value)
 
-    from whetstone.train.loop import train
+    from whetstone.train.dispatch import train
 
     with pytest.raises(WhetstoneError, match="pip install deepspeed"):
         train(config, tmp_path / "run", progress=False)

@@ -7,7 +7,7 @@ import torch
 from tiny_runs import latest_trainable, tiny_config
 from two_processes import compare_with_single, torchrun
 
-from whetstone.train.loop import train
+from whetstone.train.dispatch import train
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])

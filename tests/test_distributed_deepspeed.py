@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from tiny_runs import tiny_config
 from two_processes import compare_with_single, max_delta, rows, torchrun
 
-from whetstone.train.loop import train
+from whetstone.train.dispatch import train
 
 ROOT = Path(__file__).resolve().parents[1]
 ZERO2 = str(ROOT / "configs" / "ds_zero2.json")

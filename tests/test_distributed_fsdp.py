@@ -10,7 +10,7 @@ from two_processes import compare_with_single, max_delta, rows, torchrun
 from whetstone.config import load_config
 from whetstone.errors import WhetstoneError
 from whetstone.train import distributed
-from whetstone.train.loop import train
+from whetstone.train.dispatch import train
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])

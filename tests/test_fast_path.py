@@ -10,7 +10,7 @@ from tiny_runs import tiny_config, write_jsonl
 from whetstone.config import load_config
 from whetstone.errors import WhetstoneError
 from whetstone.train.fast_path import resolve_fast_path
-from whetstone.train.loop import train
+from whetstone.train.dispatch import train
 
 
 def _resolve(*overrides, strategy="single"):

@@ -9,7 +9,7 @@ from tiny_runs import latest_trainable, tiny_config
 
 from whetstone.data.batches import StepPlan, collate
 from whetstone.data.packing import padding_fraction
-from whetstone.train.loop import train
+from whetstone.train.dispatch import train
 
 
 def _plans(n, lengths, batch=2, accum=4, world=2):

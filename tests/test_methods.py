@@ -16,7 +16,7 @@ from whetstone.data.render import render_record
 from whetstone.errors import WhetstoneError
 from whetstone.methods import apply_method, count_parameters
 from whetstone.models import load_model
-from whetstone.train.loop import train
+from whetstone.train.dispatch import train
 
 
 def _state(path):

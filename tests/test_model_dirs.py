@@ -246,7 +246,7 @@ def test_score_and_training_rewards_grant_a_reward_run_only_from_the_users_own_c
         tiny_model_dir, tmp_path, qa_file, capsys):
     from whetstone.config import load_config
     from whetstone.errors import WhetstoneError
-    from whetstone.train.loop import train
+    from whetstone.train.dispatch import train
 
     reward_run = _fake_run(tmp_path, str(tiny_model_dir), allow_pickle=True)
     asks = f"{reward_run / 'config.yaml'} asks for model.allow_pickle: true"
@@ -269,7 +269,7 @@ def test_score_and_training_rewards_grant_a_reward_run_only_from_the_users_own_c
 
 def test_resume_through_the_library_needs_the_grant_too(tiny_model_dir, tmp_path):
     from whetstone.errors import WhetstoneError
-    from whetstone.train.loop import train
+    from whetstone.train.dispatch import train
 
     run = _fake_run(tmp_path, str(tiny_model_dir), trust_remote_code=True)
     with pytest.raises(WhetstoneError, match="asks for model.trust_remote_code: true, and a run directory cannot"):

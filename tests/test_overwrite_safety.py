@@ -10,7 +10,7 @@ from tiny_runs import tiny_config
 from whetstone.cli import main
 from whetstone.config import load_config
 from whetstone.errors import WhetstoneError
-from whetstone.train.loop import train
+from whetstone.train.dispatch import train
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

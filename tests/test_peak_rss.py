@@ -4,9 +4,9 @@ import resource
 import subprocess
 import sys
 
-from whetstone.train.loop import peak_rss_mb
+from whetstone.train.device import peak_rss_mb
 
-CHILD = "from whetstone.train.loop import peak_rss_mb; print(peak_rss_mb())"
+CHILD = "from whetstone.train.device import peak_rss_mb; print(peak_rss_mb())"
 
 
 def test_a_child_reports_its_own_peak_not_its_parents():

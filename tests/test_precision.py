@@ -19,7 +19,8 @@ from whetstone.models import load_model
 from whetstone.models.forward import label_cross_entropy, label_hidden, label_token_logprobs, unwrap
 from whetstone.train import device as device_module
 from whetstone.train.device import Precision, autocast_context, base_dtype, resolve_precision
-from whetstone.train.loop import build_optimizer, train
+from whetstone.train.dispatch import train
+from whetstone.train.loop import build_optimizer
 
 CPU = torch.device("cpu")
 BF16 = Precision("bf16", "bf16", "test")

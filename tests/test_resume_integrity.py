@@ -14,7 +14,7 @@ from whetstone.cli import main
 from whetstone.errors import WhetstoneError
 from whetstone.train import checkpoint as checkpoint_module
 from whetstone.train.fingerprint import weights_file_digest
-from whetstone.train.loop import train
+from whetstone.train.dispatch import train
 
 STEPS, STOP = 6, 3
 OVERRIDES = (f"train.max_steps={STEPS}", "train.batch_size=4", "method.dropout=0.1", "train.checkpoint_every=1",
@@ -261,6 +261,6 @@ def test_online_resume_on_edited_prompts_is_refused_and_accepted_with_the_flag(t
                                              rf"data file {prompts} \(sha256"):
         train(None, run, resume=True, progress=False)
     summary = train(None, run, resume=True, progress=False, accept_changes=True)
-    assert summary["rounds"] == 3 and summary["accepted_changes"][0]["changes"]["data"][0].startswith(
+    assert summary["steps"] == 3 and summary["accepted_changes"][0]["changes"]["data"][0].startswith(
         f"data file {prompts} (sha256")
 

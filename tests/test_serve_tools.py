@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-import whetstone.serve as serve
+import whetstone.serve.engine as serve
 from whetstone.serve import Engine, ServeLimits, make_server
 
 openai = pytest.importorskip("openai")

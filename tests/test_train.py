@@ -7,7 +7,7 @@ import torch
 from tiny_runs import latest_trainable, tiny_config
 
 from whetstone.errors import WhetstoneError
-from whetstone.train.loop import train
+from whetstone.train.dispatch import train
 
 
 def _losses(run_dir):

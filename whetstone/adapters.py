@@ -25,6 +25,7 @@ from pathlib import Path
 
 from whetstone.errors import WhetstoneError
 from whetstone.overwrite import staged, swap_in
+from whetstone.rundir import RunDir
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _FILES = ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -147,18 +148,16 @@ class AdapterLibrary:
 
 def _read_source(source: Path) -> tuple[Path, dict | None, dict]:
     """(adapter dir, the run's raw config or None, the run's summary or {})."""
-    from whetstone.config import read_yaml
-
-    if (source / "config.yaml").is_file():
-        if not (source / "adapter" / "adapter_config.json").is_file():
-            kind = "model/ (all weights trained)" if (source / "model").is_dir() else "no adapter/ yet"
+    if RunDir.is_run(source):
+        run = RunDir(source)
+        if not run.has_adapter():
+            kind = "model/ (all weights trained)" if run.model_dir.is_dir() else "no adapter/ yet"
             raise WhetstoneError(f"{source}: this run has {kind}; only adapter runs (lora, dora, qlora) go in the "
                                  f"adapter library.")
-        summary_path = source / "summary.json"
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        raw = read_yaml(source / "config.yaml")
+        summary = run.summary() or {}
+        raw = run.raw_config()
         refuse_stacked(source, raw)
-        return source / "adapter", raw, summary
+        return run.adapter_dir, raw, summary
     if (source / "adapter_config.json").is_file():
         refuse_stacked(source.parent)
         return source, None, {}
@@ -168,10 +167,8 @@ def _read_source(source: Path) -> tuple[Path, dict | None, dict]:
 
 def refuse_stacked(run_dir: Path, raw: dict | None = None) -> None:
     """A run trained on frozen adapters (method.base_adapters) is not its adapter alone: say so, and what works."""
-    from whetstone.config import read_yaml
-
     if raw is None:
-        raw = read_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else {}
+        raw = RunDir(run_dir).raw_config() if RunDir.is_run(run_dir) else {}
     method = raw.get("method") if isinstance(raw.get("method"), dict) else {}
     if method.get("base_adapters"):
         raise WhetstoneError(
@@ -264,16 +261,15 @@ def resolve_adapter(spec: str, model: str | None = None, library: str | Path | N
     if (path / "adapter_config.json").is_file():
         refuse_stacked(path.parent)
         return str(path), model
-    if (path / "config.yaml").is_file() and (path / "adapter" / "adapter_config.json").is_file():
-        from whetstone.config import read_yaml
-
+    run = RunDir(path)
+    if run.is_run(path) and run.has_adapter():
         from whetstone.models.load import run_model_config
 
-        raw = read_yaml(path / "config.yaml")
+        raw = run.raw_config()
         refuse_stacked(path, raw)
         run_model_config(raw.get("model"), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                         source=path / "config.yaml")
-        return str(path / "adapter"), model or _run_base(raw)
+                         source=run.config_path)
+        return str(run.adapter_dir), model or _run_base(raw)
     lib = AdapterLibrary(library)
     if not _NAME.match(spec) or spec not in lib.entries():
         known = ", ".join(sorted(lib.entries())) or "none yet"

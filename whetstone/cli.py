@@ -1,4 +1,7 @@
-"""The command line: parse, call, print. Every verb's work lives in its own module."""
+"""The command line: parse, call, print. Every verb's work lives in its own module.
+
+train, generate and chat are here; every other verb is registered by its package's commands.py (add_parsers).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,23 @@ import argparse
 import os
 import sys
 
+from whetstone.classify.commands import add_parsers as add_predict_parsers
+from whetstone.config import EMBEDDED_MODEL
+from whetstone.data.commands import add_parsers as add_data_parsers
 from whetstone.errors import WhetstoneError
+from whetstone.evaluate.commands import add_parsers as add_eval_parsers
+from whetstone.export.commands import add_parsers as add_export_parsers
+from whetstone.grants import add_grant_args, grants
+from whetstone.label.commands import add_parsers as add_label_parsers
+from whetstone.objectives.commands import add_parsers as add_score_parsers
+from whetstone.plan.commands import add_parsers as add_plan_parsers
+from whetstone.report.commands import add_parsers as add_report_parsers
+from whetstone.serve.commands import add_parsers as add_serve_parsers
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from whetstone.config import load_config
-    from whetstone.train.loop import train
+    from whetstone.train.dispatch import train
 
     if args.resume:
         if args.config or args.set:
@@ -64,20 +78,8 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         print(f"model> {answer}")
 
 
-def add_grant_args(p: argparse.ArgumentParser) -> None:
-    """--trust-remote-code and --allow-pickle: powers only the command line grants, never a run directory."""
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="run Python code shipped with the model (a run's config.yaml asking for it is not enough)")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="accept pickle (.bin/.pt) weights; they are still loaded with weights_only=True")
-
-
-def grants(args: argparse.Namespace) -> dict[str, bool]:
-    return {"trust_remote_code": args.trust_remote_code, "allow_pickle": args.allow_pickle}
-
-
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="base model (default: the embedded smollm2-135m-instruct)")
+    p.add_argument("--model", default=None, help=f"base model (default: the embedded {EMBEDDED_MODEL})")
     p.add_argument("--adapter", default=None, help="a PEFT adapter directory, a run directory, or a name in the adapter library")
     p.add_argument("--run", default=None, help="a run directory: its base model plus its adapter or model")
     p.add_argument("--system", default=None, help="a system message")
@@ -112,30 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=_cmd_chat)
 
-    try:
-        from whetstone.data.commands import add_parsers
-    except ImportError:  # the data verbs are optional while that module is absent
-        add_parsers = None
-    if add_parsers is not None:
-        data = sub.add_parser("data", help="check and clean training data")
-        add_parsers(data.add_subparsers(dest="data_command", required=True))
-    from whetstone.evaluate.commands import add_parsers as add_eval_parsers
-
+    data = sub.add_parser("data", help="check and clean training data")
+    add_data_parsers(data.add_subparsers(dest="data_command", required=True))  # check, clean, show, replay
     add_eval_parsers(sub)  # eval, audit, compare
-    from whetstone.export.commands import add_parsers as add_ship_parsers
-
-    add_ship_parsers(sub)  # export, adapters, serve, report
-    from whetstone.objectives.commands import add_parsers as add_score_parsers
-
+    add_export_parsers(sub)  # export, adapters
+    add_serve_parsers(sub)  # serve
+    add_report_parsers(sub)  # report
     add_score_parsers(sub)  # score
-    from whetstone.label.commands import add_parsers as add_label_parsers
-
     add_label_parsers(sub)  # label prepare | serve | stats | export
-    from whetstone.classify.commands import add_parsers as add_predict_parsers
-
     add_predict_parsers(sub)  # predict
-    from whetstone.plan.commands import add_parsers as add_plan_parsers
-
     add_plan_parsers(sub)  # plan
     return parser
 

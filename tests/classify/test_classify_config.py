@@ -6,7 +6,7 @@ from tiny_runs import write_jsonl
 
 from whetstone.config import ConfigError, load_config
 from whetstone.errors import WhetstoneError
-from whetstone.train.loop import train
+from whetstone.train.dispatch import train
 
 
 def _problems(*overrides):

@@ -12,7 +12,7 @@ from whetstone.evaluate.fewshot import classification_prompt
 from whetstone.evaluate.harness import EvalOptions, evaluate
 from whetstone.evaluate.scoring import rank_labels
 from whetstone.models.inference import load_for_inference
-from whetstone.train.loop import train
+from whetstone.train.dispatch import train
 
 
 @pytest.fixture(scope="module")

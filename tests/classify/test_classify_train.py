@@ -13,7 +13,7 @@ from whetstone.config import load_config
 from whetstone.methods import apply_method
 from whetstone.models import load_model
 from whetstone.objectives.classify import HEAD_NAME, ClassifySet, collate_classification, setup_classify
-from whetstone.train.loop import train
+from whetstone.train.dispatch import train
 
 
 def _weights(directory):

@@ -32,7 +32,7 @@ def write_jsonl():
 def train_run(tmp_path_factory):
     """train_run(name, model_dir, train_file, *overrides) -> the run directory of a quiet tiny run."""
     from whetstone.config import load_config
-    from whetstone.train.loop import train
+    from whetstone.train.dispatch import train
 
     root = tmp_path_factory.mktemp("runs")
 

@@ -22,7 +22,7 @@ def qa_rows(numbers, word: str = "plus") -> list[dict]:
 
 
 def train_tiny(model_dir: Path, out: Path, data: Path, *overrides: str) -> Path:
-    from whetstone.train.loop import train
+    from whetstone.train.dispatch import train
 
     base = [f"model={model_dir}", f"data.train={data}", "train.lr=1e-2", "train.warmup=0.0", "train.log_every=1",
             "train.max_steps=4", "train.batch_size=4", "method.dropout=0.0"]

@@ -59,7 +59,7 @@ def test_mlflow_resume_continues_the_same_run(tmp_path, tiny_model_dir, data, mo
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
-    from whetstone.train.loop import train
+    from whetstone.train.dispatch import train
 
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     uri = (tmp_path / "mlruns").as_uri()

@@ -11,7 +11,7 @@ from whetstone.evaluate.loss import objective_loss
 from whetstone.methods import apply_method
 from whetstone.models import load_model, load_tokenizer
 from whetstone.objectives import OBJECTIVES
-from whetstone.train.loop import train
+from whetstone.train.dispatch import train
 
 
 def _eval_before_training(config) -> dict:

@@ -139,7 +139,7 @@ def test_precomputed_reference_equals_live_reference(tiny_model_dir, tiny_tokeni
     eval_set = prepare_pairs(eval_records, tiny_tokenizer, config.data)
     live = DPO.setup(model, config, train_set)
     config.objective.precompute_reference = True
-    pre = DPO.setup(model, config, train_set)
+    pre = DPO.setup(model, config, train_set, eval_set)
     assert live.reference.copy is not None and pre.reference is None and pre.precomputed
     for examples in (train_set.examples[:8], eval_set.examples[:8]):  # eval pairs are precomputed too
         batch = collate_pairs(examples, tiny_tokenizer.pad_token_id)

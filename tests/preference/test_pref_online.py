@@ -7,20 +7,18 @@ from transformers import AutoModelForCausalLM
 
 from whetstone.data.records import Message, Record
 from whetstone.errors import WhetstoneError
-from whetstone.train.loop import train
-from whetstone.train.online import (
+from whetstone.train.dispatch import train
+from whetstone.objectives.online import completion_forward, sample_completions, tokenize_prompts
+from whetstone.objectives.policy import (
     AdaptiveKL,
     clipped_policy_loss,
     clipped_value_loss,
-    completion_forward,
     gae,
     group_advantages,
     k3_kl,
     ppo_token_rewards,
-    sample_completions,
-    tokenize_prompts,
 )
-from whetstone.train.rewards import exact_match, load_rewards
+from whetstone.rewards import exact_match, load_rewards
 
 # A reward the tiny model can learn: the share of characters from the first half of the alphabet.
 REWARD_FILE = '''
@@ -145,9 +143,9 @@ def test_ppo_resumed_equals_uninterrupted(tmp_path, tiny_model_dir):
     straight = train(_online_config(tmp_path, tiny_model_dir, "ppo", *overrides), tmp_path / "a", progress=False)
     stopped = train(_online_config(tmp_path, tiny_model_dir, "ppo", *overrides), tmp_path / "b", progress=False,
                     on_step=lambda step, row: step == 2)
-    assert stopped["stopped_early"] and stopped["rounds"] == 2
+    assert stopped["stopped_early"] and stopped["steps"] == 2
     resumed = train(None, tmp_path / "b", resume=True, progress=False)
-    assert resumed["rounds"] == 4
+    assert resumed["steps"] == 4
     drop = ("elapsed_s", "tokens_per_s")
     a = [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(tmp_path / "a")]
     b = [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(tmp_path / "b")]
@@ -161,7 +159,7 @@ def test_reward_functions_are_imported_only_as_named(tmp_path):
     with pytest.raises(WhetstoneError, match="does not exist"):
         load_rewards([RewardSource(function=str(tmp_path / "missing.py") + ":f")], "cpu")
     with pytest.raises(WhetstoneError, match="has no function named 'nope'"):
-        load_rewards([RewardSource(function="whetstone.train.rewards:nope")], "cpu")
+        load_rewards([RewardSource(function="whetstone.rewards:nope")], "cpu")
     bad = tmp_path / "bad.py"
     bad.write_text("def f(prompts, completions, references):\n    return [1.0]\n")
     (reward,) = load_rewards([RewardSource(function=f"{bad}:f")], "cpu")

@@ -11,7 +11,7 @@ from transformers import AutoModelForSequenceClassification
 from whetstone.cli import main
 from whetstone.data.formats import load_records
 from whetstone.objectives.reward import load_reward_model
-from whetstone.train.loop import train
+from whetstone.train.dispatch import train
 
 
 def _train_rm(tmp_path, tiny_model_dir, pair_files, *overrides, steps=12):

@@ -120,7 +120,7 @@ def test_configs_and_make_target_agree(name):
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_runs_end_to_end_on_a_truncated_dataset(name, tiny_model_dir, tmp_path):
-    from whetstone.train.loop import train
+    from whetstone.train.dispatch import train
 
     data = tmp_path / "data"
     if source_on_machine(name):

@@ -9,7 +9,7 @@ from tiny_runs import latest_trainable, tiny_config
 
 from whetstone.data.batches import StepPlan, collate
 from whetstone.data.dataset import load_splits, plan_mixture, tokenize
-from whetstone.train.loop import train
+from whetstone.train.dispatch import train
 
 
 def _config(tiny_model_dir, tmp_path, *overrides):

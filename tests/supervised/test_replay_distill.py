@@ -18,7 +18,7 @@ from whetstone.data.records import Message, Record
 from whetstone.data.render import IGNORE, render_record
 from whetstone.objectives.logprobs import Reference
 from whetstone.objectives.sft import SFTContext, sft_loss
-from whetstone.train.loop import train
+from whetstone.train.dispatch import train
 
 
 def _examples(tokenizer):

@@ -11,7 +11,7 @@ from tiny_runs import latest_trainable
 
 from whetstone.cli import main
 from whetstone.config import ConfigError, load_config
-from whetstone.train import loop
+from whetstone.train import dispatch, loop
 from whetstone.train.stages import files_sha256, tensors_sha256
 
 
@@ -46,7 +46,7 @@ def _run_spied(config_path, run, **train_kwargs):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(loop, "apply_method", spy)
-        summary = loop.train(load_config(config_path), run, progress=False, **train_kwargs)
+        summary = dispatch.train(load_config(config_path), run, progress=False, **train_kwargs)
     return summary, loaded, adapters
 
 
@@ -164,7 +164,7 @@ def stacked(tmp_path_factory, tiny_model_dir):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(loop, "apply_method", spy)
-        loop.train(load_config(config_path), tmp / "run", progress=False)
+        dispatch.train(load_config(config_path), tmp / "run", progress=False)
     return {"run": tmp / "run", "loaded": loaded, "adapters": adapters, "start_logits": start_logits}
 
 

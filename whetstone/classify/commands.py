@@ -19,11 +19,10 @@ import time
 from pathlib import Path
 
 from whetstone.errors import WhetstoneError
+from whetstone.grants import add_grant_args, grants
 
 
 def add_parsers(subparsers) -> None:
-    from whetstone.cli import add_grant_args
-
     p = subparsers.add_parser(
         "predict", help="predict a label (with probabilities) for each record, by a classify head or label likelihood",
         description="Predict the label of every record of FILE. One predictor writes JSONL rows (to -o or stdout) and "
@@ -61,7 +60,6 @@ def _records(path: str, limit: int | None):
 def run_predict(args: argparse.Namespace) -> int:
     from whetstone.classify.metrics import classification_report, render_report
     from whetstone.classify.predict import load_predictor
-    from whetstone.cli import grants
     from whetstone.data.formats import label_set
     from whetstone.overwrite import refuse_existing, refuse_input_as_output
     from whetstone.train.device import resolve_device

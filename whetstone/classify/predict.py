@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from whetstone.config import RunConfig, config_from_dict, read_yaml
+from whetstone.config import RunConfig
 from whetstone.data.records import Message
 from whetstone.errors import WhetstoneError
 from whetstone.evaluate.fewshot import classification_prompt
@@ -34,8 +34,7 @@ from whetstone.objectives.classify import (
     collate_classification,
     tokenize_text,
 )
-
-LABELS_FILE = "labels.json"  # in a classify run directory: the head's classes, in column order
+from whetstone.rundir import RunDir
 
 
 @dataclass
@@ -102,25 +101,18 @@ def _prediction(labels: list[str], probabilities: list[float]) -> Prediction:
 
 def run_config(run: str | Path, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> RunConfig:
     """A run's config, whose model gets only the powers granted here (see run_model_config)."""
-    from whetstone.models.load import run_model_config
-
-    path = Path(run)
-    if not (path / "config.yaml").is_file():
-        raise WhetstoneError(f"--run {run}: not a run directory (no config.yaml in it).")
-    config = config_from_dict(read_yaml(path / "config.yaml"), str(path / "config.yaml"))
-    config.model = run_model_config(config.model, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                                    source=path / "config.yaml")
-    return config
+    return RunDir.open(run).config(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
 
 def write_labels(run: str | Path, labels: list[str]) -> None:
-    (Path(run) / LABELS_FILE).write_text(json.dumps({"labels": labels}, ensure_ascii=False, indent=1) + "\n")
+    """labels.json: the head's classes, in column order."""
+    RunDir(run).file(RunDir.LABELS).write_text(json.dumps({"labels": labels}, ensure_ascii=False, indent=1) + "\n")
 
 
 def read_labels(run: str | Path) -> list[str]:
-    path = Path(run) / LABELS_FILE
+    path = RunDir(run).file(RunDir.LABELS)
     if not path.is_file():
-        raise WhetstoneError(f"--run {run}: no {LABELS_FILE}; it is written when training finishes. Did the run finish? "
+        raise WhetstoneError(f"--run {run}: no {RunDir.LABELS}; it is written when training finishes. Did the run finish? "
                              f"(see its summary.json)")
     return list(json.loads(path.read_text())["labels"])
 

@@ -21,6 +21,14 @@ from whetstone.errors import WhetstoneError
 
 def add_parsers(data_subparsers) -> None:
     """Register `check`, `clean`, `replay` and `show` under the `data` verb."""
+    _add_check(data_subparsers)
+    _add_clean(data_subparsers)
+    _add_replay(data_subparsers)
+    _add_show(data_subparsers)
+
+
+def _add_check(data_subparsers) -> None:
+    """`data check`: everything wrong with a data file."""
     p = data_subparsers.add_parser(
         "check",
         help="report bad records, duplicates, train/eval leaks, PII and token lengths",
@@ -39,6 +47,9 @@ def add_parsers(data_subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(func=run_check)
 
+
+def _add_clean(data_subparsers) -> None:
+    """`data clean`: a cleaned copy of a data file."""
     p = data_subparsers.add_parser(
         "clean",
         help="write a cleaned copy of a data file and a report of what changed",
@@ -61,6 +72,9 @@ def add_parsers(data_subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace OUT (and its report) if they exist")
     p.set_defaults(func=run_clean)
 
+
+def _add_replay(data_subparsers) -> None:
+    """`data replay`: the model's own requests and answers."""
     p = data_subparsers.add_parser(
         "replay",
         help="write self-replay data: the model's own requests and answers, for data.replay",
@@ -90,6 +104,9 @@ def add_parsers(data_subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.set_defaults(func=run_replay)
 
+
+def _add_show(data_subparsers) -> None:
+    """`data show`: the first examples as the trainer sees them."""
     p = data_subparsers.add_parser(
         "show",
         help="print the first examples as the trainer sees them: tokens, supervised spans, truncation",

@@ -35,7 +35,7 @@ from whetstone.evaluate.fewshot import as_example
 from whetstone.evaluate.pair import ModelPair
 from whetstone.evaluate.scoring import candidate_logprobs, exposure
 from whetstone.models.inference import generate_answers, generate_from_prompts
-from whetstone.train.run_dir import RunDirectory
+from whetstone.rundir import RunDir
 
 EXPOSED_BITS = 6.64  # log2(1001 / 10): the canary ranks in the top 1% of its candidates
 EXTRACTION_MARGIN = 0.02  # extraction rates this far above the base model's are reported as memorization
@@ -197,7 +197,7 @@ class AuditReport:
 
 def run_canaries(run: str | Path, count: int, seed: int) -> list[Canary]:
     """The canaries a run planted: canaries.json when training wrote it, else rebuilt from its config."""
-    path = Path(run) / "canaries.json"
+    path = RunDir(run).file(RunDir.CANARIES)
     if path.is_file():
         return [Canary(c["index"], c["secret"]) for c in json.loads(path.read_text())["canaries"]]
     return make_canaries(count, seed)
@@ -212,7 +212,7 @@ def audit_run(run: str, n: int = 200, threshold: float = 0.8, alternatives: int 
     if not 0.0 < threshold <= 1.0:
         raise WhetstoneError(f"--threshold: got {threshold}; near-verbatim similarity is in (0, 1], e.g. 0.8.")
     grants = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
-    _, config = RunDirectory.open(run, **grants)
+    config = RunDir.open(run).config(**grants)
     data_cfg = dataclasses.replace(config.data, canaries=0, train=data or config.data.train)
     records, _, _ = load_splits(data_cfg, config.train.seed)
     probes = extraction_probes(records, n, seed)

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from whetstone.cli import add_grant_args, grants
-from whetstone.config import EVAL_METRICS, read_yaml
+from whetstone.config import EMBEDDED_MODEL, EVAL_METRICS, ConfigError, KnowledgeConfig
 from whetstone.errors import WhetstoneError
 from whetstone.evaluate.fewshot import SELECTIONS
+from whetstone.grants import add_grant_args, grants
 from whetstone.overwrite import refuse_existing, refuse_input_as_output
+from whetstone.rundir import RunDir
 
 DEFAULT_SHOTS = 3  # the ladder's K when --shots is not given
 
@@ -81,16 +83,20 @@ def add_parsers(subparsers) -> None:
     p.set_defaults(func=run_compare)
 
 
+def _run_config(run: str, flag: str = "--run") -> dict:
+    """The run's config.yaml as a dict (RunDir.raw_config); a WhetstoneError naming `flag` when `run` is not a run."""
+    return RunDir.open(run, flag).raw_config() or {}
+
+
 def _run_objective(run: str) -> str | None:
-    path = Path(run) / "config.yaml"
-    if not path.is_file():
+    if not RunDir.is_run(run):
         return None  # load_for_inference says what is missing
-    objective = (read_yaml(path) or {}).get("objective")
+    objective = _run_config(run).get("objective")
     return objective.get("name") if isinstance(objective, dict) else objective
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="base model (default: the embedded smollm2-135m-instruct)")
+    p.add_argument("--model", default=None, help=f"base model (default: the embedded {EMBEDDED_MODEL})")
     p.add_argument("--adapter", default=None, help="a PEFT adapter directory, a run directory, or a name in the adapter library")
     p.add_argument("--run", default=None, metavar="RUN_DIR", help="a run: its base model plus its adapter or model")
     p.add_argument("--max-new-tokens", type=int, default=128, help="longest generated answer (default 128)")
@@ -109,9 +115,7 @@ def _run_data(run: str | None, key: str, flag: str) -> str:
     """The run's data.eval or data.train, for when --data / --shots-from is left out."""
     if run is None:
         raise WhetstoneError(f"{flag} is required without --run (a run knows its own data).")
-    if not (Path(run) / "config.yaml").is_file():
-        raise WhetstoneError(f"--run {run}: not a run directory (no config.yaml).")
-    value = (read_yaml(Path(run) / "config.yaml").get("data") or {}).get(key)
+    value = (_run_config(run).get("data") or {}).get(key)
     if isinstance(value, list):  # a list of sources: the first one's path
         value = value[0].get("path") if value and isinstance(value[0], dict) else None
     if not value:
@@ -132,117 +136,198 @@ def _records(path: str, limit: int | None = None):
     return limit_records(load_records(path).records, limit)
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    from whetstone.evaluate.harness import EvalOptions, check_metrics, evaluate
+# ---------------------------------------------------------------------------
+# eval: every argument checked at once, then one small function per mode.
+
+
+@dataclass
+class EvalInputs:
+    """What `eval`'s arguments resolve to, once every one of them has been checked."""
+
+    metrics: list[str]
+    data: str | None  # the records to evaluate; None with --forgetting or --knowledge alone
+    shots_k: int  # solved examples in each prompt (0: zero-shot)
+    shots_from: str | None  # where they come from
+    knowledge: KnowledgeConfig | None  # the --knowledge sets
+
+
+def check_eval_args(args: argparse.Namespace) -> EvalInputs:
+    """Every problem with `eval`'s arguments, in one error; or what they resolve to. Nothing is loaded."""
+    from whetstone.evaluate.harness import check_metrics
+    from whetstone.evaluate.knowledge import parse_spec
+
+    problems: list[str] = []
+
+    def collect(check, *check_args):
+        """check(*check_args), or None with its error added to the problems."""
+        try:
+            return check(*check_args)
+        except WhetstoneError as exc:
+            problems.append(str(exc))
+            return None
+
+    for name in ("limit", "max_new_tokens", "batch_size", "max_length"):
+        collect(_positive, name.replace("_", "-"), getattr(args, name))
+    if args.probe and not args.forgetting:
+        problems.append("--probe names the forgetting probe; add --forgetting.")
+    if args.no_base and not args.knowledge:
+        problems.append("--no-base belongs to --knowledge; add --knowledge DIR.")
+    if args.knowledge and args.shots:
+        problems.append("--shots does not apply to --knowledge: its sets ask zero-shot, as after tuning.")
+    if (args.ladder or args.forgetting) and args.run is None and args.adapter is None:
+        problems.append("--ladder and --forgetting compare the base model with a fine-tuned one; pass --run "
+                        "RUN_DIR, or --model M --adapter DIR.")
+    if args.run is not None and collect(_run_objective, args.run) == "classify":
+        problems.append(f"{args.run} is a classifier: its answers come from its head, which `eval` does not read. "
+                        f"Score it with `whetstone predict --run {args.run} --data FILE`.")
+    metrics = collect(check_metrics, args.metrics)
+    # --forgetting or --knowledge alone runs only that; otherwise the data defaults to the run's data.eval.
+    alone = (args.forgetting or args.knowledge) and not args.ladder
+    data = args.data or (None if alone else collect(_run_data, args.run, "eval", "--data"))
+    shots_k = args.shots if args.shots is not None else (DEFAULT_SHOTS if args.ladder else 0)
+    shots_from = None
+    if shots_k < 0:
+        problems.append(f"--shots: got {args.shots}; give a number of solved examples, e.g. 3.")
+    elif args.ladder and shots_k == 0:
+        problems.append("--ladder --shots 0 would run zero-shot twice; give K >= 1 solved examples, e.g. 3.")
+    elif shots_k:
+        shots_from = args.shots_from or collect(_run_data, args.run, "train", "--shots-from")
+    knowledge = collect(parse_spec, args.knowledge) if args.knowledge else None
+    if args.answers:
+        for source in [data, shots_from, *args.probe, *(knowledge.paths().values() if knowledge else ())]:
+            collect(refuse_input_as_output, source, args.answers, "eval")
+        collect(refuse_existing, args.answers, args.overwrite)
+    if problems:  # a run that is not one is said once, however many of its files were needed
+        raise ConfigError(list(dict.fromkeys(problems)), "the eval command line")
+    return EvalInputs(metrics, data, shots_k, shots_from, knowledge)
+
+
+@dataclass
+class EvalModels:
+    """The model `eval` measures, and the base beside it when a mode compares the two."""
+
+    model: object
+    tokenizer: object
+    who: str  # how the report names the model
+    pair: object | None  # the evaluate.pair.ModelPair, when the base is loaded too
+
+
+def _load_models(args: argparse.Namespace, compare_base: bool) -> EvalModels:
     from whetstone.evaluate.pair import ModelPair
     from whetstone.models.inference import load_for_inference
 
-    for name in ("limit", "max_new_tokens", "batch_size", "max_length"):
-        _positive(name.replace("_", "-"), getattr(args, name))
-    if args.shots is not None and args.shots < 0:
-        raise WhetstoneError(f"--shots: got {args.shots}; give a number of solved examples, e.g. 3.")
-    if args.probe and not args.forgetting:
-        raise WhetstoneError("--probe names the forgetting probe; add --forgetting.")
-    if args.no_base and not args.knowledge:
-        raise WhetstoneError("--no-base belongs to --knowledge; add --knowledge DIR.")
-    if args.knowledge and args.shots:
-        raise WhetstoneError("--shots does not apply to --knowledge: its sets ask zero-shot, as after tuning.")
-    if (args.ladder or args.forgetting) and args.run is None and args.adapter is None:
-        raise WhetstoneError("--ladder and --forgetting compare the base model with a fine-tuned one; pass --run "
-                             "RUN_DIR, or --model M --adapter DIR.")
-    if args.run is not None and _run_objective(args.run) == "classify":
-        raise WhetstoneError(f"{args.run} is a classifier: its answers come from its head, which `eval` does not "
-                             f"read. Score it with `whetstone predict --run {args.run} --data FILE`.")
-    metrics = check_metrics(args.metrics)
-    options = EvalOptions(metrics, args.max_new_tokens, args.batch_size, args.max_length)
-    # --forgetting or --knowledge alone runs only that; otherwise the data defaults to the run's data.eval.
-    alone = (args.forgetting or args.knowledge) and not args.ladder
-    data = args.data or (None if alone else _run_data(args.run, "eval", "--data"))
-    records = _records(data, args.limit) if data else []
-    shots_k = args.shots if args.shots is not None else (DEFAULT_SHOTS if args.ladder else 0)
-    if args.ladder and shots_k == 0:
-        raise WhetstoneError("--ladder --shots 0 would run zero-shot twice; give K >= 1 solved examples, e.g. 3.")
-    shots_from = (args.shots_from or _run_data(args.run, "train", "--shots-from")) if shots_k else None
-    pool = _records(shots_from) if shots_from else []
+    device = _device(args.device)
+    if compare_base:
+        pair = ModelPair.load(args.model, args.adapter, args.run, device, **grants(args))
+        return EvalModels(pair.tuned, pair.tokenizer, pair.description, pair)
+    model, tokenizer = load_for_inference(args.model, args.adapter, args.run, device=device, **grants(args))
+    who = args.run or (f"{args.model or EMBEDDED_MODEL}" + (f" + {args.adapter}" if args.adapter else ""))
+    return EvalModels(model, tokenizer, who, None)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from whetstone.evaluate.harness import EvalOptions
+
+    inputs = check_eval_args(args)
+    options = EvalOptions(inputs.metrics, args.max_new_tokens, args.batch_size, args.max_length)
+    # Every file is read before any model loads: a bad one fails at once.
+    records = _records(inputs.data, args.limit) if inputs.data else []
+    pool = _records(inputs.shots_from) if inputs.shots_from else []
     probe = None
     if args.forgetting:
-        from whetstone.evaluate.forgetting import load_probe, measure_forgetting
+        from whetstone.evaluate.forgetting import load_probe
 
-        probe = load_probe(args.probe)  # before any model loads: a bad probe file fails at once
-    knowledge = None
-    if args.knowledge:
-        from whetstone.evaluate.knowledge import load_sets, parse_spec
+        probe = load_probe(args.probe)
+    sets = None
+    if inputs.knowledge is not None:
+        from whetstone.evaluate.knowledge import load_sets
 
-        spec = parse_spec(args.knowledge)
-        knowledge = (spec, load_sets(spec, args.limit))  # before any model loads: bad sets fail at once
-    if args.answers:  # before any model loads, too
-        for source in [data, shots_from, *args.probe, *(knowledge[0].paths().values() if knowledge else ())]:
-            refuse_input_as_output(source, args.answers, "eval")
-        refuse_existing(args.answers, args.overwrite)
+        sets = load_sets(inputs.knowledge, args.limit)
     tuned_model = args.run is not None or args.adapter is not None
-    device = _device(args.device)
-    report: dict = {"data": data}
+    models = _load_models(args, args.ladder or args.forgetting or (sets is not None and tuned_model
+                                                                   and not args.no_base))
+    report: dict = {"data": inputs.data, "model": models.who}
+    lines: list[str] = []
     answers = None
-
-    if args.ladder or args.forgetting or (knowledge and tuned_model and not args.no_base):
-        pair = ModelPair.load(args.model, args.adapter, args.run, device, **grants(args))
-        model, tokenizer, who = pair.tuned, pair.tokenizer, pair.description
-    else:
-        model, tokenizer = load_for_inference(args.model, args.adapter, args.run, device=device, **grants(args))
-        who = args.run or (f"{args.model or 'smollm2-135m-instruct'}" + (f" + {args.adapter}" if args.adapter else ""))
-    report["model"] = who
-    lines = []
-
     if args.ladder:
-        from whetstone.evaluate.ladder import ladder_dict, render_ladder, run_ladder, task_metric
-
-        rungs = run_ladder(pair, records, pool, shots_k, args.shot_selection, args.seed, options)
-        metric = task_metric(metrics, rungs)
-        report["ladder"] = ladder_dict(rungs, metric)
-        source = args.shots_from or "data.train"
-        lines.append(f"ladder: {who} on {data}, {len(records)} records, shots from {source} "
-                     f"({args.shot_selection}, seed {args.seed})")
-        lines.append(render_ladder(rungs, metric))
-        answers = rungs[-1].result
+        answers = _eval_ladder(args, inputs, models, records, pool, options, report, lines)
     elif records:
-        shots = None
-        if shots_k:
-            from whetstone.evaluate.fewshot import shots_for_records
-
-            shots = shots_for_records(records, pool, shots_k, args.shot_selection, args.seed)
-        result = evaluate(model, tokenizer, records, options, shots)
-        report["eval"] = result.to_dict()
-        lines += [f"eval: {who} on {data}: {len(records)} records" + (f", {shots_k}-shot" if shots_k else ""),
-                  render_result(result, options)]
-        answers = result
+        answers = _eval_records(args, inputs, models, records, pool, options, report, lines)
     if args.answers and answers is not None:
         reasoning = answers.reasoning or [None] * len(records)
-        rows = [{"origin": r.origin, "answer": a, "reference": ref} | ({"reasoning": t} if t is not None else {})
-                for r, a, ref, t in zip(records, answers.answers, answers.references, reasoning)]
-        Path(args.answers).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-
-    if knowledge is not None:
-        from whetstone.evaluate.knowledge import measure_knowledge
-
-        spec, sets = knowledge
-        base = pair.base if tuned_model and not args.no_base else None  # a base model alone is its own base
-        result = measure_knowledge(model, tokenizer, sets, options, base, who, spec.paths())
-        report["knowledge"] = result.to_dict()
-        lines.append(result.table())
-        if args.run is not None:  # the run keeps its figures, with every answer, beside summary.json
-            (Path(args.run) / "knowledge.json").write_text(
-                json.dumps(result.to_dict(answers=True), indent=1, ensure_ascii=False) + "\n")
-        if args.answers and answers is None:
-            rows = [{"set": name, **row} for name, set_rows in result.to_dict(answers=True)["answers"].items()
-                    for row in set_rows]
-            Path(args.answers).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-
+        _write_rows(args.answers, [{"origin": r.origin, "answer": a, "reference": ref}
+                                   | ({"reasoning": t} if t is not None else {})
+                                   for r, a, ref, t in zip(records, answers.answers, answers.references, reasoning)])
+    if sets is not None:
+        _eval_knowledge(args, inputs, models, sets, options, report, lines, write_answers=answers is None)
     if probe is not None:
-        forgetting = measure_forgetting(pair, probe, args.batch_size)
-        report["forgetting"] = forgetting.to_dict()
-        lines.append(forgetting.sentence())
+        _eval_forgetting(args, models, probe, report, lines)
     print(json.dumps(report, indent=1, ensure_ascii=False) if args.json else "\n".join(lines))
     return 0
+
+
+def _eval_ladder(args, inputs: EvalInputs, models: EvalModels, records, pool, options, report: dict,
+                 lines: list[str]):
+    """--ladder: zero-shot, K-shot and tuned on the same records. Returns the tuned rung's result."""
+    from whetstone.evaluate.ladder import ladder_dict, render_ladder, run_ladder, task_metric
+
+    rungs = run_ladder(models.pair, records, pool, inputs.shots_k, args.shot_selection, args.seed, options)
+    metric = task_metric(inputs.metrics, rungs)
+    report["ladder"] = ladder_dict(rungs, metric)
+    source = args.shots_from or "data.train"
+    lines.append(f"ladder: {models.who} on {inputs.data}, {len(records)} records, shots from {source} "
+                 f"({args.shot_selection}, seed {args.seed})")
+    lines.append(render_ladder(rungs, metric))
+    return rungs[-1].result
+
+
+def _eval_records(args, inputs: EvalInputs, models: EvalModels, records, pool, options, report: dict,
+                  lines: list[str]):
+    """The metrics of one model on the records, zero- or K-shot. Returns its result."""
+    from whetstone.evaluate.harness import evaluate
+
+    shots = None
+    if inputs.shots_k:
+        from whetstone.evaluate.fewshot import shots_for_records
+
+        shots = shots_for_records(records, pool, inputs.shots_k, args.shot_selection, args.seed)
+    result = evaluate(models.model, models.tokenizer, records, options, shots)
+    report["eval"] = result.to_dict()
+    lines += [f"eval: {models.who} on {inputs.data}: {len(records)} records"
+              + (f", {inputs.shots_k}-shot" if inputs.shots_k else ""), render_result(result, options)]
+    return result
+
+
+def _eval_knowledge(args, inputs: EvalInputs, models: EvalModels, sets, options, report: dict, lines: list[str],
+                    write_answers: bool) -> None:
+    """--knowledge: learnt facts against learnt style; a run keeps the figures in its knowledge.json."""
+    from whetstone.evaluate.knowledge import measure_knowledge
+
+    base = models.pair.base if models.pair is not None and not args.no_base else None  # a base alone is its own base
+    result = measure_knowledge(models.model, models.tokenizer, sets, options, base, models.who,
+                               inputs.knowledge.paths())
+    report["knowledge"] = result.to_dict()
+    lines.append(result.table())
+    if args.run is not None:  # the run keeps its figures, with every answer, beside summary.json
+        RunDir(args.run).file(RunDir.KNOWLEDGE).write_text(
+            json.dumps(result.to_dict(answers=True), indent=1, ensure_ascii=False) + "\n")
+    if args.answers and write_answers:
+        _write_rows(args.answers, [{"set": name, **row}
+                                   for name, set_rows in result.to_dict(answers=True)["answers"].items()
+                                   for row in set_rows])
+
+
+def _eval_forgetting(args, models: EvalModels, probe, report: dict, lines: list[str]) -> None:
+    """--forgetting: the general-ability probe on the base and the tuned model."""
+    from whetstone.evaluate.forgetting import measure_forgetting
+
+    forgetting = measure_forgetting(models.pair, probe, args.batch_size)
+    report["forgetting"] = forgetting.to_dict()
+    lines.append(forgetting.sentence())
+
+
+def _write_rows(path: str, rows: list[dict]) -> None:
+    Path(path).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def render_result(result, options) -> str:

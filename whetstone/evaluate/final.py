@@ -27,6 +27,7 @@ from whetstone.data.records import Record
 from whetstone.evaluate.forgetting import load_probe, measure_forgetting
 from whetstone.evaluate.harness import EvalOptions, evaluate
 from whetstone.evaluate.pair import ModelPair
+from whetstone.rundir import RunDir
 
 
 def final_evaluation(model: torch.nn.Module, tokenizer, config: RunConfig, run_path: Path,
@@ -37,7 +38,7 @@ def final_evaluation(model: torch.nn.Module, tokenizer, config: RunConfig, run_p
     if config.data.canaries:
         canaries = make_canaries(config.data.canaries, config.train.seed)
         payload = {"seed": config.train.seed, "canaries": [{"index": c.index, "secret": c.secret} for c in canaries]}
-        (Path(run_path) / "canaries.json").write_text(json.dumps(payload, indent=2) + "\n")
+        RunDir(run_path).write_json(RunDir.CANARIES, payload)
         out["canaries"] = len(canaries)
 
     metrics = [m for m in config.eval.metrics if m != "loss"]
@@ -75,7 +76,7 @@ def final_evaluation(model: torch.nn.Module, tokenizer, config: RunConfig, run_p
         options = EvalOptions((), config.eval.max_new_tokens, config.eval.generation_batch_size, config.data.max_length)
         report = measure_knowledge(model, tokenizer, load_sets(knowledge), options,
                                    pair.base if knowledge.base else None, "the tuned model", knowledge.paths())
-        (Path(run_path) / "knowledge.json").write_text(json.dumps(report.to_dict(answers=True), indent=1,
+        RunDir(run_path).file(RunDir.KNOWLEDGE).write_text(json.dumps(report.to_dict(answers=True), indent=1,
                                                                   ensure_ascii=False) + "\n")
         out["knowledge"] = report.to_dict()
         out.update(report.headline())  # flat: trackers log top-level numbers

@@ -1,18 +1,18 @@
-"""The verbs that ship a run: `export`, `adapters`, `serve` and `report`. Parse, call, print."""
+"""The verbs that ship a run: `export` and `adapters`. Parse, call, print.
+
+`serve` is in whetstone/serve/commands.py, `report` in whetstone/report/commands.py.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
-from whetstone.errors import WhetstoneError
+from whetstone.grants import add_grant_args, grants
 
 
 def add_parsers(sub) -> None:
-    """Register export, adapters, serve and report on the top-level subparsers."""
-    from whetstone.cli import add_grant_args
+    """Register export and adapters on the top-level subparsers."""
     from whetstone.export import DTYPES, FORMATS
 
     p = sub.add_parser("export", help="write a run as a PEFT adapter, a merged HF model or a GGUF file",
@@ -53,39 +53,11 @@ def add_parsers(sub) -> None:
     q.add_argument("name")
     q.set_defaults(func=_cmd_adapters_show)
 
-    p = sub.add_parser("serve", help="a local OpenAI-compatible server (chat, completions, models)")
-    p.add_argument("--model", default=None, help="base model (default: the adapters' base, else the embedded one)")
-    p.add_argument("--adapter", action="append", default=[], metavar="NAME|NAME=DIR",
-                   help="serve an adapter under the model id NAME (repeatable)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=os.environ.get("WHETSTONE_API_KEY"),
-                   help="require 'Authorization: Bearer KEY'; prefer setting $WHETSTONE_API_KEY (the default), since "
-                        "every user on the machine can read a command line with `ps`")
-    p.add_argument("--max-tokens", type=int, default=512, help="most new tokens per request")
-    p.add_argument("--max-body-kb", type=int, default=1024, help="largest request body, in KiB")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds one request may take, waiting included")
-    p.add_argument("--read-timeout", type=float, default=30.0,
-                   help="seconds a client has to send a whole request; a slower one is disconnected")
-    p.add_argument("--max-connections", type=int, default=8, help="open connections at once; past it, 503")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, mps")
-    p.add_argument("--quiet", action="store_true", help="no request log")
-    add_grant_args(p)
-    p.set_defaults(func=_cmd_serve)
-
-    p = sub.add_parser("report", help="(re)write RUN_DIR/report.html")
-    p.add_argument("run", metavar="RUN_DIR")
-    p.add_argument("--samples", type=int, default=0, metavar="N",
-                   help="first answer N eval prompts with the base and the tuned model (samples.jsonl)")
-    p.add_argument("--screenshot", default=None, metavar="PNG", help="also save a screenshot (needs Chromium)")
-    p.set_defaults(func=_cmd_report)
-
 
 # ---------------------------------------------------------------------------
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from whetstone.cli import grants
     from whetstone.export.formats import export_run
     from whetstone.report.page import human_bytes
 
@@ -167,55 +139,4 @@ def _cmd_adapters_show(args: argparse.Namespace) -> int:
                                "lora": {k: adapter_config.get(k) for k in ("r", "lora_alpha", "target_modules",
                                                                            "use_dora", "use_rslora")}}
     print(json.dumps(details, indent=2, default=list))
-    return 0
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from whetstone.cli import grants
-    from whetstone.serve import Engine, ServeLimits, adapter_paths, check_adapter_tokenizers, make_server
-
-    for name, value in (("--max-tokens", args.max_tokens), ("--max-body-kb", args.max_body_kb),
-                        ("--timeout", args.timeout), ("--read-timeout", args.read_timeout),
-                        ("--max-connections", args.max_connections)):
-        if value <= 0:
-            raise WhetstoneError(f"{name}: got {value}; must be positive.")
-    model, adapters = adapter_paths(args.adapter, args.model, **grants(args))
-    engine = Engine(model, adapters, device=args.device, **grants(args))
-    check_adapter_tokenizers(engine)
-    limits = ServeLimits(args.max_tokens, args.max_body_kb * 1024, args.timeout, args.read_timeout,
-                         args.max_connections)
-    server = make_server(engine, args.host, args.port, args.api_key, limits, log=not args.quiet)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
-        print(f"warning: serving on {args.host} without --api-key: anyone who can reach this port can use it.",
-              file=sys.stderr)
-    host, port = server.server_address[:2]
-    print(f"serving {', '.join(engine.model_ids)} on http://{host}:{port}/v1 "
-          f"({'API key required' if args.api_key else 'no API key'}); Ctrl-C stops.", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from whetstone.report import write_report
-
-    run = Path(args.run)
-    if not (run / "config.yaml").is_file():
-        raise WhetstoneError(f"{run}: not a run directory (no config.yaml in it).")
-    if args.samples:
-        from whetstone.report.samples import write_samples
-
-        print(f"samples: {write_samples(run, args.samples)}")
-    out = write_report(run)
-    print(f"report: {out}")
-    if args.screenshot:
-        from whetstone.report.browser import screenshot
-
-        print(f"screenshot: {screenshot(out, Path(args.screenshot))}")
     return 0

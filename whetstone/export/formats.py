@@ -28,15 +28,16 @@ from pathlib import Path
 
 import torch
 
-from whetstone.config import ModelConfig, RunConfig, config_from_dict, read_yaml
+from whetstone.config import ModelConfig, RunConfig
 from whetstone.data.render import stop_ids as template_stop_ids
 from whetstone.errors import WhetstoneError
 from whetstone.export import DEFAULT_DTYPE, DTYPES, FORMATS
 from whetstone.export.consistency import PROBE, check_consistency
 from whetstone.export.gguf import detect_pre_tokenizer, gguf_stop_ids, source_gguf_pre, write_gguf
 from whetstone.methods.lora import fold_adapters, merge_exactly
-from whetstone.models.load import load_model, load_tokenizer, resolve_model, run_model_config
+from whetstone.models.load import load_model, load_tokenizer, resolve_model
 from whetstone.overwrite import DirectoryKind, check_replaceable, staged, swap_in, write_marker
+from whetstone.rundir import RunDir
 
 TORCH_DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 # fp32 exports: merging reorders the sums (W x + s B(A x) against (W + s BA) x), so two healthy forwards differ
@@ -91,18 +92,12 @@ class ExportResult:
 
 def read_run(run_dir: str | Path, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> RunSource:
     """The run to export; its base model gets only the powers this command grants (see run_model_config)."""
-    path = Path(run_dir)
-    if not (path / "config.yaml").is_file():
-        raise WhetstoneError(f"{run_dir}: not a run directory (no config.yaml in it).")
-    config = config_from_dict(read_yaml(path / "config.yaml"), str(path / "config.yaml"))
-    config.model = run_model_config(config.model, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                                    source=path / "config.yaml")
-    adapter = path / "adapter"
-    full = path / "model"
-    if (adapter / "adapter_config.json").is_file():
-        return RunSource(path, config, adapter, None)
-    if (full / "config.json").is_file():
-        return RunSource(path, config, None, full)
+    run = RunDir.open(run_dir, flag="")
+    config = run.config(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    if run.has_adapter():
+        return RunSource(run.path, config, run.adapter_dir, None)
+    if run.has_model():
+        return RunSource(run.path, config, None, run.model_dir)
     raise WhetstoneError(f"{run_dir}: the run has no adapter/ or model/ yet; did it finish? (see its summary.json; "
                          f"a stopped run continues with `whetstone train --resume {run_dir}`)")
 
@@ -201,7 +196,7 @@ def _build_and_check(source: RunSource, fmt: str, dtype: str, built: Path, out: 
 
 def _output_path(source: RunSource, fmt: str, dtype: str, out, overwrite: bool) -> Path:
     if out is None:
-        out = source.path / "export" / (f"{source.path.resolve().name}-{dtype}.gguf" if fmt == "gguf"
+        out = RunDir(source.path).file(RunDir.EXPORT) / (f"{source.path.resolve().name}-{dtype}.gguf" if fmt == "gguf"
                                         else f"{fmt}-{dtype}")
     out = Path(out)
     if fmt == "gguf" and out.suffix != ".gguf":

@@ -6,13 +6,13 @@ import argparse
 import json
 import sys
 
+from whetstone.config import EMBEDDED_MODEL
 from whetstone.errors import WhetstoneError
+from whetstone.grants import add_grant_args, grants
 
 
 def add_parsers(subparsers) -> None:
     """Register `label` and its four verbs on the top-level subparsers."""
-    from whetstone.cli import add_grant_args
-
     label = subparsers.add_parser("label", help="collect human judgements of answers and export them as training data")
     verbs = label.add_subparsers(dest="label_command", required=True)
 
@@ -21,7 +21,7 @@ def add_parsers(subparsers) -> None:
                                      "pair each answer with one from another run, adapter or model (A/B).")
     p.add_argument("--prompts", required=True, metavar="FILE",
                    help="prompts: `prompt`, `messages`, prompt/completion, preference or KTO rows")
-    p.add_argument("--model", default=None, help="base model (default: the embedded smollm2-135m-instruct)")
+    p.add_argument("--model", default=None, help=f"base model (default: the embedded {EMBEDDED_MODEL})")
     p.add_argument("--adapter", default=None, help="a PEFT adapter directory, a run directory, or a library name")
     p.add_argument("--run", default=None, help="a run directory: its base model plus its adapter or model")
     p.add_argument("--against", default=None, metavar="SPEC",
@@ -70,7 +70,6 @@ def add_parsers(subparsers) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from whetstone.cli import grants
     from whetstone.label.prepare import Source, against_source, prepare
 
     if args.adapter and args.run:

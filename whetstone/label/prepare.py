@@ -26,6 +26,7 @@ from pathlib import Path
 from whetstone.errors import WhetstoneError
 from whetstone.label.store import Answer, Task, task_to_json
 from whetstone.overwrite import refuse_input_as_output
+from whetstone.rundir import RunDir
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class Source:
 def against_source(spec: str, model: str | None) -> Source:
     """--against SPEC: a run directory, an adapter (directory or library name) on --model, or a model."""
     path = Path(spec)
-    if (path / "config.yaml").is_file():
+    if RunDir.is_run(path):
         return Source(run=spec)
     if (path / "adapter_config.json").is_file():
         return Source(model=model, adapter=spec)

@@ -15,6 +15,7 @@ import torch
 
 from whetstone.config import RunConfig
 from whetstone.errors import WhetstoneError
+from whetstone.rundir import RunDir
 
 
 def load_headed_run(path: Path, config: RunConfig, attach: Callable[[torch.nn.Module], torch.nn.Module],
@@ -26,15 +27,16 @@ def load_headed_run(path: Path, config: RunConfig, attach: Callable[[torch.nn.Mo
     from whetstone.methods.lora import fold_adapters
     from whetstone.models import load_model
 
-    adapter, full = path / "adapter", path / "model"
-    if (adapter / "adapter_config.json").is_file():
+    run = RunDir(path)
+    adapter, full = run.adapter_dir, run.model_dir
+    if run.has_adapter():
         from peft import PeftModel
 
         base, _ = load_model(config.model, device=device)
         base = fold_adapters(base, config.method.base_adapters, who=f"{who}: method.base_adapters")
         attach(base)  # peft restores the trained head into it (modules_to_save)
         model = PeftModel.from_pretrained(base, str(adapter))
-    elif (full / "config.json").is_file():
+    elif run.has_model():
         # model/ is the base model trained further: it needs the same powers, which config.model carries.
         model, _ = load_model(replace(config.model, name=str(full), revision=None), device=device)
         attach(model).load_state_dict(saved_head(full, head_name, config.objective.name))

@@ -2,35 +2,36 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from whetstone.config import ModelConfig, read_yaml
+from whetstone.config import ModelConfig
 from whetstone.data.render import render_prompt, stop_ids
 from whetstone.errors import WhetstoneError
 from whetstone.methods.lora import fold_adapters
 from whetstone.models.load import load_model, load_tokenizer, run_model_config
+from whetstone.rundir import RunDir
 
 
 def final_stage(run: str | Path) -> Path:
     """The run directory itself, or for a finished pipeline (a config with stages:) its last stage's directory."""
-    path = Path(run)
-    summary = path / "summary.json"
-    if (path / "config.yaml").is_file() and read_yaml(path / "config.yaml").get("stages"):  # a stage says `stages: []`
-        final = json.loads(summary.read_text()).get("final_stage") if summary.is_file() else None
+    pipeline = RunDir(run)
+    if pipeline.is_pipeline():
+        final = (pipeline.summary() or {}).get("final_stage")
         if final is None:
             raise WhetstoneError(f"--run {run}: the pipeline has not finished its last stage (see its summary.json); "
-                                 f"point --run at a finished stage under {path / 'stages'}, or resume it.")
-        return Path(final)
-    return path
+                                 f"point --run at a finished stage under {pipeline.stages_dir}, or resume it.")
+        # Written relative to the directory the pipeline ran in, like the paths of its config.
+        workdir = pipeline.workdir
+        return workdir / final if workdir is not None and not Path(final).is_absolute() else Path(final)
+    return pipeline.path
 
 
 def run_chat_template(run: str) -> str | None:
     """The data.chat_template a run was trained with (None: the model's own)."""
-    data = read_yaml(final_stage(run) / "config.yaml").get("data") or {}
+    data = RunDir(final_stage(run)).raw_config().get("data") or {}
     return data.get("chat_template") if isinstance(data, dict) else None
 
 
@@ -50,18 +51,16 @@ class RunWeights:
 
 
 def _from_run(run: str, *, trust_remote_code: bool, allow_pickle: bool) -> RunWeights:
-    path = final_stage(run)
-    if not (path / "config.yaml").is_file():
-        raise WhetstoneError(f"--run {run}: not a run directory (no config.yaml).")
-    raw = read_yaml(path / "config.yaml")
+    found = RunDir.open(final_stage(run), flag="--run")
+    raw = found.raw_config()
     model_cfg = run_model_config(raw.get("model"), trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                                 source=path / "config.yaml")
+                                 source=found.config_path)
     method = raw.get("method") if isinstance(raw.get("method"), dict) else {}
     stack = tuple(method.get("base_adapters") or ())
-    if (path / "adapter" / "adapter_config.json").is_file():
-        return RunWeights(model_cfg, adapter=str(path / "adapter"), stack=stack)
-    if (path / "model" / "config.json").is_file():
-        return RunWeights(model_cfg, full=str(path / "model"))
+    if found.has_adapter():
+        return RunWeights(model_cfg, adapter=str(found.adapter_dir), stack=stack)
+    if found.has_model():
+        return RunWeights(model_cfg, full=str(found.model_dir))
     raise WhetstoneError(f"--run {run}: the run has no adapter/ or model/ yet; did it finish? (see its summary.json)")
 
 

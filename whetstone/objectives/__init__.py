@@ -3,8 +3,8 @@
 An objective's loss returns a SUM over its units (tokens for SFT, pairs for the
 reward model and DPO, examples for KTO). The training loop divides by the units
 of the whole optimizer step, so gradient accumulation and multiple processes give
-the same update as one big batch. The online objectives (ppo, grpo) generate
-their own data and have their own loop: whetstone/train/online.py.
+the same update as one big batch. The online objectives (ppo, grpo: online.py, with
+their losses in policy.py) generate their own data; the same loop drives them.
 """
 
 from __future__ import annotations
@@ -12,19 +12,22 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from whetstone.data.packing import row_capacity
-from whetstone.objectives.base import LossOutput, Objective
+from whetstone.objectives.base import LossOutput, Objective, OnlineObjective
 from whetstone.objectives.classify import CLASSIFY
 from whetstone.objectives.kto import KTO
+from whetstone.objectives.online import GRPO, PPO
 from whetstone.objectives.preference import DPO, packed_dpo, shared_prompt_dpo
 from whetstone.objectives.reward import REWARD
 from whetstone.objectives.sft import SFT, packed_sft, sft_loss, shared_prefix_sft
 
-OBJECTIVES: dict[str, Objective] = {
+OBJECTIVES: dict[str, Objective | OnlineObjective] = {
     "sft": SFT,
     "classify": CLASSIFY,
     "reward": REWARD,
     "dpo": DPO,
     "kto": KTO,
+    "ppo": PPO,
+    "grpo": GRPO,
 }
 
 # data.packing: the objective with its sequences packed into rows of at most a capacity of tokens, None: one row
@@ -34,7 +37,7 @@ PACKED: dict[str, Callable[[int | None], Objective]] = {"sft": packed_sft, "dpo"
 SHARED: dict[str, Callable[[int], Objective]] = {"sft": shared_prefix_sft, "dpo": shared_prompt_dpo}
 
 
-def objective_for(config) -> Objective:
+def objective_for(config) -> Objective | OnlineObjective:
     """The run's objective: config.objective.name, with its sequences packed when data.packing is on."""
     if config.data.packing and config.objective.share_prompt:  # sft and dpo only (config validation)
         # Shared prefixes need a 4D mask, which flash_attention_2 cannot read: config validation keeps them apart.

@@ -225,7 +225,7 @@ def _check_eval_labels(config: RunConfig, labels: list[str]) -> None:
         )
 
 
-def setup_classify(model, config: RunConfig, train_set: ClassifySet) -> ClassifyContext:
+def setup_classify(model, config: RunConfig, train_set: ClassifySet, eval_set=None) -> ClassifyContext:
     labels = resolve_labels(config, train_set)
     if config.data.eval or config.data.eval_fraction:
         _check_eval_labels(config, labels)

@@ -5,6 +5,9 @@
 Preference records print the reward of the chosen and the rejected answer (and, at
 the end, the pairwise accuracy); kto records and chat records print the reward of
 their completion (a chat record's last assistant turn).
+
+The verb lives with the objectives because the model it scores with is the reward objective's
+(`objective: reward`, objectives/reward.py: load_reward_model); nothing else registers here.
 """
 
 from __future__ import annotations
@@ -14,11 +17,10 @@ import json
 import sys
 
 from whetstone.errors import WhetstoneError
+from whetstone.grants import add_grant_args, grants
 
 
 def add_parsers(subparsers) -> None:
-    from whetstone.cli import add_grant_args
-
     p = subparsers.add_parser(
         "score",
         help="print the reward a reward model gives each prompt/response",
@@ -34,7 +36,6 @@ def add_parsers(subparsers) -> None:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from whetstone.cli import grants
     from whetstone.data.formats import load_records
     from whetstone.data.records import Message
     from whetstone.objectives.reward import load_reward_model

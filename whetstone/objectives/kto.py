@@ -108,7 +108,7 @@ class KTOContext:
     undesirable_weight: float
 
 
-def setup_kto(model, config, train_set) -> KTOContext:
+def setup_kto(model, config, train_set, eval_set=None) -> KTOContext:
     obj = config.objective
     return KTOContext(build_reference(model), obj.beta, obj.desirable_weight, obj.undesirable_weight)
 

@@ -123,11 +123,11 @@ class Reference:
 
     def logprobs(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """sequence_logprobs under the reference."""
-        return self._run(model, sequence_logprobs, batch)
+        return self.run(model, sequence_logprobs, batch)
 
     def label_hidden(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The reference's final hidden states at the batch's supervised positions, (N, H) (models/forward.py)."""
-        return self._run(model, lambda m, b: label_hidden(m, b)[0], batch)
+        return self.run(model, lambda m, b: label_hidden(m, b)[0], batch)
 
     def head(self, model: torch.nn.Module) -> torch.nn.Module:
         """The reference's LM head: the copy's, or the model's own without its adapter if it has one (peft)."""
@@ -137,7 +137,8 @@ class Reference:
         return head.get_base_layer() if hasattr(head, "get_base_layer") else head
 
     @torch.no_grad()
-    def _run(self, model: torch.nn.Module, fn, batch: dict[str, torch.Tensor]):
+    def run(self, model: torch.nn.Module, fn, batch):
+        """fn(reference model, batch), without gradients: on the copy, or on `model` with its adapters off."""
         if self.copy is not None:
             return fn(self.copy, batch)
         was_training = model.training

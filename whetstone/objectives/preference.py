@@ -240,7 +240,7 @@ def _normalize(logps: torch.Tensor, counts: torch.Tensor, on: bool) -> torch.Ten
     return logps / counts.clamp(min=1) if on else logps
 
 
-def setup_preference(model, config, train_set: PairSet) -> PreferenceContext:
+def setup_preference(model, config, train_set: PairSet, eval_set: PairSet | None = None) -> PreferenceContext:
     obj = config.objective
     spec = LOSSES[obj.loss]
     normalize = spec.length_normalize if obj.length_normalize is None else obj.length_normalize
@@ -254,21 +254,9 @@ def setup_preference(model, config, train_set: PairSet) -> PreferenceContext:
     # Before the first step the model IS the reference (or is it once its adapters are off),
     # so no copy is made: full fine-tuning then holds one model in memory, not two.
     reference = Reference(copy=None) if is_adapter_model(model) else Reference(copy=model)
-    pairs = list(train_set.examples) + _eval_pairs(config)
+    pairs = list(train_set.examples) + (list(eval_set.examples) if eval_set is not None else [])
     context.precomputed = precompute_reference(model, reference, pairs, config.train.batch_size, normalize)
     return context
-
-
-def _eval_pairs(config) -> list[PairExample]:
-    """The eval pairs, loaded as the loop loads them, so their reference log-probs are precomputed too."""
-    from whetstone.data.dataset import load_splits
-    from whetstone.models import load_tokenizer
-
-    _, eval_records, _ = load_splits(config.data, config.train.seed)
-    if not eval_records:
-        return []
-    tokenizer = load_tokenizer(config.model, config.data.chat_template)
-    return prepare_pairs(eval_records, tokenizer, config.data).examples
 
 
 @torch.no_grad()

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from whetstone.config import RunConfig, config_from_dict, read_yaml
+from whetstone.config import RunConfig
 from whetstone.data.records import Message
 from whetstone.errors import WhetstoneError
 from whetstone.methods import is_adapter_model
@@ -32,6 +32,7 @@ from whetstone.models.forward import logits_in_fp32, unwrap
 from whetstone.objectives.base import LossOutput, Objective
 from whetstone.objectives.logprobs import pad_rows, render_completion
 from whetstone.objectives.preference import collate_pairs, count_pairs, pair_metrics, prepare_pairs
+from whetstone.rundir import RunDir
 
 HEAD_NAMES = {"seq_cls": "score", "value": "v_head"}
 
@@ -91,7 +92,7 @@ class RewardContext:
     margin: float
 
 
-def setup_reward(model, config: RunConfig, train_set) -> RewardContext:
+def setup_reward(model, config: RunConfig, train_set, eval_set=None) -> RewardContext:
     attach_head(model, config.objective.head)
     return RewardContext(config.objective.head, config.objective.margin)
 
@@ -143,14 +144,9 @@ def load_reward_model(run: str | Path, device: torch.device | str = "cpu", *, tr
     """
     from whetstone.models import load_tokenizer
     from whetstone.models.headed import load_headed_run
-    from whetstone.models.load import run_model_config
 
-    path = Path(run)
-    if not (path / "config.yaml").is_file():
-        raise WhetstoneError(f"reward run {run}: not a run directory (no config.yaml in it).")
-    config = config_from_dict(read_yaml(path / "config.yaml"), str(path / "config.yaml"))
-    config.model = run_model_config(config.model, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                                    source=path / "config.yaml")
+    found = RunDir.open(run, flag="reward run")
+    config = found.config(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     if config.objective.name != "reward":
         raise WhetstoneError(
             f"reward run {run}: it was trained with objective '{config.objective.name}', not 'reward'; "
@@ -158,6 +154,6 @@ def load_reward_model(run: str | Path, device: torch.device | str = "cpu", *, tr
         )
     kind = config.objective.head
     tokenizer = load_tokenizer(config.model, config.data.chat_template)
-    model = load_headed_run(path, config, lambda m: attach_head(m, kind), HEAD_NAMES[kind], f"reward run {run}",
+    model = load_headed_run(found.path, config, lambda m: attach_head(m, kind), HEAD_NAMES[kind], f"reward run {run}",
                             device)
     return RewardModel(model, tokenizer, kind, config.data.max_length)

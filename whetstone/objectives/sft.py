@@ -81,7 +81,7 @@ def _distilled_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], keep
     return kl_sum + ce_sum, token_loss
 
 
-def setup_sft(model, config, train_set) -> SFTContext:
+def setup_sft(model, config, train_set, eval_set=None) -> SFTContext:
     replay = config.data.replay
     reference = build_reference(model) if replay is not None and replay.distill else None
     return SFTContext(logit_chunk=config.train.logit_chunk, reference=reference)

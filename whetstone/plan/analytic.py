@@ -43,8 +43,8 @@ from whetstone.errors import WhetstoneError
 from whetstone.plan import estimate
 from whetstone.plan.activations import Regime, activation_model
 from whetstone.plan.architecture import Architecture, adapted, parameter_count, read_architecture
-from whetstone.plan.estimate import MemoryEstimate, MethodPlan, MicroBatchShape, ParameterCount
-from whetstone.plan.probe import rss_bytes
+from whetstone.plan.estimate import MemoryEstimate, MethodPlan, MicroBatchShape, ParameterCount, Plan, PlanOptions
+from whetstone.plan.probe import prepare_run, rss_bytes
 from whetstone.train.device import resolve_precision
 
 GiB = 2**30
@@ -130,10 +130,7 @@ def tokenizer_for(directory: Path, config: RunConfig) -> tuple[object, str | Non
     return load_tokenizer(EMBEDDED_MODEL, config.data.chat_template), note
 
 
-def plan_analytic(config: RunConfig, options) -> "Plan":  # noqa: F821 (planner.Plan; imported there)
-    from whetstone.plan.planner import Plan
-    from whetstone.plan.probe import prepare_run
-
+def plan_analytic(config: RunConfig, options: PlanOptions) -> Plan:
     cuda = options.device == "cuda"
     memory, tflops, label = resolve_gpu(options.gpu, options.memory, options.peak_tflops)
     arch, directory = read_architecture(config.model.name)

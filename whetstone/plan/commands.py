@@ -43,8 +43,8 @@ def add_parsers(subparsers) -> None:
 
 def run_plan(args: argparse.Namespace) -> int:
     from whetstone.config import load_config
-    from whetstone.plan.estimate import parse_size
-    from whetstone.plan.planner import PlanOptions, parse_methods, plan_methods, render_table
+    from whetstone.plan.estimate import PlanOptions, parse_size
+    from whetstone.plan.planner import parse_methods, plan_methods, render_table
 
     if args.variants < 1:
         raise WhetstoneError(f"--variants: got {args.variants}; give the number of task variants, 1 or more.")

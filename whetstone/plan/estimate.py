@@ -161,6 +161,53 @@ class MethodPlan:
         return out
 
 
+@dataclass
+class PlanOptions:
+    """What `whetstone plan` is asked: the methods, the device the run will train on, and the budget."""
+
+    methods: list[str] = field(default_factory=lambda: ["full", "freeze", "lora", "dora", "qlora"])
+    device: str = "cpu"  # where the run will train: cpu or cuda
+    variants: int = 10  # K task variants for the storage column
+    peak_tflops: float | None = None  # a stated device peak, for --device cuda without a GPU here
+    utilisation: float = 0.4  # the share of that peak a fine-tuning step reaches (model FLOPs utilisation)
+    budget: float | None = None  # bytes; None: no recommendation (the analytic plan uses the GPU's memory)
+    gpu: str | None = None  # a known GPU (analytic.GPUS): plan from config.json alone, without the weights
+    memory: float | None = None  # bytes of one GPU (or, with device cpu, of the machine): plan from config.json
+    gpus: int = 1  # GPUs sharding weights, gradients and optimizer states (FSDP / ZeRO-3)
+
+    @property
+    def analytic(self) -> bool:
+        return self.gpu is not None or self.memory is not None
+
+
+@dataclass
+class Plan:
+    """What it found: one row per method, and the run's steps and largest micro-batch (planner, analytic)."""
+
+    rows: list[MethodPlan]
+    steps: int
+    padded_tokens: int
+    largest: MicroBatchShape
+    time_source: str  # how the seconds were obtained
+    device: str
+    recommendation: str | None = None
+    notes: list[str] = field(default_factory=list)
+    memory_note: str | None = None  # the memory model's one-line summary, when it is not the probe's
+
+    def to_dict(self) -> dict:
+        return {
+            "device": self.device,
+            "steps": self.steps,
+            "padded_tokens": self.padded_tokens,
+            "largest_micro_batch": {"batch": self.largest.batch, "length": self.largest.length,
+                                    "supervised": self.largest.supervised},
+            "time_source": self.time_source,
+            "methods": [r.to_dict() for r in self.rows],
+            "recommendation": self.recommendation,
+            "notes": self.notes,
+        }
+
+
 def _mb(n: float) -> float:
     return round(n / 2**20, 1)
 

@@ -6,8 +6,6 @@ Time comes from the probe on this machine (`--device` is where it runs), or, wit
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from whetstone.config import RunConfig
@@ -15,53 +13,10 @@ from whetstone.errors import WhetstoneError
 from whetstone.methods.freeze import transformer_blocks
 from whetstone.objectives.preference import LOSSES
 from whetstone.plan import estimate
-from whetstone.plan.estimate import METHOD_NAMES, MethodPlan
+from whetstone.plan.estimate import METHOD_NAMES, MethodPlan, Plan, PlanOptions
 from whetstone.plan.probe import MethodProbe, prepare_run, probe_in_fresh_process, rss_bytes
 from whetstone.train.device import resolve_precision
 from whetstone.train.fast_path import resolve_fast_path
-
-
-@dataclass
-class PlanOptions:
-    methods: list[str] = field(default_factory=lambda: ["full", "freeze", "lora", "dora", "qlora"])
-    device: str = "cpu"  # where the run will train: cpu or cuda
-    variants: int = 10  # K task variants for the storage column
-    peak_tflops: float | None = None  # a stated device peak, for --device cuda without a GPU here
-    utilisation: float = 0.4  # the share of that peak a fine-tuning step reaches (model FLOPs utilisation)
-    budget: float | None = None  # bytes; None: no recommendation (the analytic plan uses the GPU's memory)
-    gpu: str | None = None  # a known GPU (analytic.GPUS): plan from config.json alone, without the weights
-    memory: float | None = None  # bytes of one GPU (or, with device cpu, of the machine): plan from config.json
-    gpus: int = 1  # GPUs sharding weights, gradients and optimizer states (FSDP / ZeRO-3)
-
-    @property
-    def analytic(self) -> bool:
-        return self.gpu is not None or self.memory is not None
-
-
-@dataclass
-class Plan:
-    rows: list[MethodPlan]
-    steps: int
-    padded_tokens: int
-    largest: estimate.MicroBatchShape
-    time_source: str  # how the seconds were obtained
-    device: str
-    recommendation: str | None = None
-    notes: list[str] = field(default_factory=list)
-    memory_note: str | None = None  # the memory model's one-line summary, when it is not the probe's
-
-    def to_dict(self) -> dict:
-        return {
-            "device": self.device,
-            "steps": self.steps,
-            "padded_tokens": self.padded_tokens,
-            "largest_micro_batch": {"batch": self.largest.batch, "length": self.largest.length,
-                                    "supervised": self.largest.supervised},
-            "time_source": self.time_source,
-            "methods": [r.to_dict() for r in self.rows],
-            "recommendation": self.recommendation,
-            "notes": self.notes,
-        }
 
 
 def parse_methods(text: str) -> list[str]:

@@ -242,7 +242,7 @@ def probe_method(config: RunConfig, method: MethodConfig, objective, train_set, 
     """
     from whetstone.methods import apply_method
     from whetstone.models import load_model
-    from whetstone.train.loop import peak_rss_mb
+    from whetstone.train.device import peak_rss_mb
 
     release_freed_memory()
     rss_before_load = rss_bytes()

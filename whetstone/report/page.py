@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from whetstone.report.charts import PALETTE, Series, bar_chart, line_chart
-from whetstone.train.run_dir import read_jsonl  # drops a line cut by a crash, with a warning
+from whetstone.rundir import RunDir
 
 # summary.json keys shown in their own sections; the rest goes under "Other results".
 _SHOWN = {"train_loss", "eval_loss", "eval_ppl", "steps", "total_steps", "stopped_early", "tokens",
@@ -56,6 +56,11 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text()) if path.is_file() else {}
     except json.JSONDecodeError:
         return {}
+
+
+def _weights(run: RunDir) -> Path:
+    """adapter/ once the run has one, else model/: the output the cost section sizes."""
+    return run.adapter_dir if run.adapter_dir.is_dir() else run.model_dir
 
 
 def _bytes(path: Path) -> int:
@@ -246,8 +251,8 @@ def _cards(summary: dict, output_bytes: int) -> str:
                                            for k, v in cards) + "</div>"
 
 
-def _cost(summary: dict, run: Path) -> str:
-    weights = run / "adapter" if (run / "adapter").is_dir() else run / "model"
+def _cost(summary: dict, run: RunDir) -> str:
+    weights = _weights(run)
     rows = [
         ["wall time", _seconds(summary.get("wall_s"))],
         ["training time (steps only)", _seconds(summary.get("train_s"))],
@@ -259,7 +264,7 @@ def _cost(summary: dict, run: Path) -> str:
          f"{_num(summary.get('trainable_params'))} / {_num(summary.get('total_params'))} "
          f"({_num(summary.get('trainable_pct'))} %)"],
         [f"output size ({weights.name}/)", human_bytes(_bytes(weights))],
-        ["checkpoints size", human_bytes(_bytes(run / "checkpoints"))],
+        ["checkpoints size", human_bytes(_bytes(run.checkpoints))],
         ["device / precision / base dtype", f"{summary.get('device', 'n/a')} / {_precision(summary)} / "
                                             f"{summary.get('model_dtype', 'n/a')}"],
     ]
@@ -282,23 +287,23 @@ def _data(summary: dict) -> str:
     return render_value(data, "data")
 
 
-def _samples(run: Path, summary: dict) -> str:
-    samples = read_jsonl(run / "samples.jsonl") or summary.get("samples") or []
+def _samples(run: RunDir, summary: dict) -> str:
+    samples = run.samples() or summary.get("samples") or []
     if isinstance(summary.get("eval"), dict) and not samples:
         samples = summary["eval"].get("samples") or []
     if not samples:
-        return (f'<p class="empty">No sample generations yet: run <code>whetstone report {escape(str(run))} '
+        return (f'<p class="empty">No sample generations yet: run <code>whetstone report {escape(str(run.path))} '
                 f'--samples 4</code> to answer a few eval prompts with the base and the tuned model.</p>')
     return render_value(samples, "samples")
 
 
 def build_report(run_dir: str | Path) -> str:
     """The HTML text of a run's report."""
-    run = Path(run_dir)
-    summary = _read_json(run / "summary.json")
-    rows = read_jsonl(run / "metrics.jsonl")
-    config_text = (run / "config.yaml").read_text() if (run / "config.yaml").is_file() else None
-    weights = run / "adapter" if (run / "adapter").is_dir() else run / "model"
+    run = RunDir(run_dir)
+    summary = _read_json(run.summary_path)
+    rows = run.metrics()
+    config_text = run.config_path.read_text() if run.config_path.is_file() else None
+    weights = _weights(run)
     try:
         config = yaml.safe_load(config_text) if config_text else None
     except yaml.YAMLError:
@@ -307,7 +312,7 @@ def build_report(run_dir: str | Path) -> str:
     model = model.get("name", "?") if isinstance(model, dict) else str(model)
     status = ("stopped early" if summary.get("stopped_early") else "finished") if summary else "running or failed"
     sections = [
-        f"<h1>Run report: {escape(run.resolve().name)}</h1>",
+        f"<h1>Run report: {escape(run.path.resolve().name)}</h1>",
         f'<p class="sub">{escape(str(summary.get("method", "?")))} on {escape(model)} · {status} · '
         f'{len(rows)} logged steps · generated {time.strftime("%Y-%m-%d %H:%M")}</p>',
         _cards(summary, _bytes(weights)),
@@ -326,15 +331,15 @@ def build_report(run_dir: str | Path) -> str:
                  "<p>This run directory has no config.yaml, so the config it ran with is not known.</p>"]
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width\"><title>whetstone report: "
-            f"{escape(run.resolve().name)}</title><style>{_CSS}</style></head><body><main>"
+            f"{escape(run.path.resolve().name)}</title><style>{_CSS}</style></head><body><main>"
             + "\n".join(sections) + "</main></body></html>\n")
 
 
 def write_report(run_dir: str | Path) -> Path:
     """Write RUN_DIR/report.html (atomically) and return its path."""
-    run = Path(run_dir)
-    out = run / "report.html"
-    tmp = run / ".report.html.tmp"
-    tmp.write_text(build_report(run), encoding="utf-8")
+    run = RunDir(run_dir)
+    out = run.report_path
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(build_report(run.path), encoding="utf-8")
     tmp.replace(out)
     return out

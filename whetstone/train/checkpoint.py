@@ -19,7 +19,10 @@ import json
 import os
 import random
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -193,3 +196,31 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, restore=None) -> Tr
     scheduler.load_state_dict(payload["scheduler"])
     _set_rng_state(load_file(str(path / "rng.safetensors")), payload["rng"])
     return TrainState(**payload["train_state"])
+
+
+class StopSignal:
+    """Ctrl-C or SIGTERM ask the loop to stop at the next step boundary and checkpoint.
+
+    A second Ctrl-C interrupts at once.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and writing a checkpoint "
+              f"(Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

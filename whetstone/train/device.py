@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import resource
 from dataclasses import dataclass
 
 import torch
@@ -134,3 +135,25 @@ def precision_entries(precision: Precision, dtype: torch.dtype) -> dict:
     names = {v: k for k, v in BASE_DTYPES.items()}
     return {"precision": {"asked": precision.asked, "resolved": precision.resolved, "why": precision.why},
             "model_dtype": names[dtype]}
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mb()
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak resident memory: VmHWM of /proc/self/status, else ru_maxrss.
+
+    Not ru_maxrss first: Linux carries a parent's peak across fork and exec, so a run started by a
+    large process (a notebook, a test runner, a benchmark) would report the parent's peak as its own.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -122,6 +123,27 @@ def run_fingerprint(config: RunConfig) -> dict:
         "model": _model_fingerprint(config.model, config.method.base_adapters),
         "config": _batch_fields(config),
     }
+
+
+# The labels that end in a path (a data file, a model directory's file, a frozen adapter's file).
+_PATH_LABELS = ("data file ", "model ", "adapter ")
+
+
+def resolved_fingerprint(fingerprint: dict, resolve: Callable) -> dict:
+    """`fingerprint` with the paths in its labels and config values passed through `resolve`
+    (rundir.resolve_paths): a checkpoint records them as the config spelled them, relative to
+    the directory the run started in, and a resumed run reads its config back with them absolute."""
+    out = {}
+    for group, entries in fingerprint.items():
+        if group == "config":
+            out[group] = resolve(entries)
+            continue
+        relabelled = {}
+        for label, value in entries.items():
+            prefix = next((p for p in _PATH_LABELS if label.startswith(p)), None)
+            relabelled[prefix + resolve(label[len(prefix):]) if prefix else label] = value
+        out[group] = relabelled
+    return out
 
 
 def fingerprint_changes(recorded: dict, current: dict) -> dict[str, list[str]]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from whetstone.config import RunConfig
 from whetstone.errors import WhetstoneError
+from whetstone.rundir import RunDir, resolve_paths
 from whetstone.train import distributed
 from whetstone.train.checkpoint import (
     CHECKPOINT_FILES,
@@ -30,7 +31,7 @@ from whetstone.train.checkpoint import (
     pointed_checkpoint,
     step_directories,
 )
-from whetstone.train.fingerprint import fingerprint_changes, run_fingerprint
+from whetstone.train.fingerprint import fingerprint_changes, resolved_fingerprint, run_fingerprint
 from whetstone.train.run_dir import RunDirectory
 
 
@@ -66,7 +67,7 @@ def starting_point(run: RunDirectory, config: RunConfig, resume: bool, accept_ch
     if not recorded.get("fingerprint"):
         _say(f"{checkpoint.name} was written before checkpoints recorded their inputs; they are not checked")
         return Start(checkpoint, fingerprint)
-    changes = fingerprint_changes(recorded["fingerprint"], fingerprint)
+    changes = fingerprint_changes(_as_read_back(recorded["fingerprint"], run), fingerprint)
     if not changes:
         return Start(checkpoint, fingerprint)
     listed = "; ".join(line for lines in changes.values() for line in lines)
@@ -82,6 +83,13 @@ def starting_point(run: RunDirectory, config: RunConfig, resume: bool, accept_ch
     return Start(checkpoint, fingerprint, [{"step": int(recorded["step"]), "changes": changes}])
 
 
+def _as_read_back(recorded: dict, run: RunDirectory) -> dict:
+    """The checkpoint's fingerprint with its relative paths resolved as the run's config is read back
+    (RunDir.raw_config): an unchanged run resumed from another directory compares equal."""
+    workdir = RunDir(run.path).workdir
+    return recorded if workdir is None else resolved_fingerprint(recorded, lambda tree: resolve_paths(tree, workdir))
+
+
 _GROUP_NAMES = {"data": "training data", "model": "base model", "config": "batch-shaping config"}
 
 
@@ -93,7 +101,7 @@ def _check_restart(run: RunDirectory, checkpoint_every: int) -> None:
         raise WhetstoneError(
             f"--resume {run.path}: none of its {len(steps)} checkpoints is complete ({lacking}), so it cannot "
             f"continue. Nothing was changed. Start it again from step 0 in a new directory: "
-            f"`whetstone train {run.path / 'config.yaml'} -o NEW_DIR`."
+            f"`whetstone train {run.config_path} -o NEW_DIR`."
         )
     logged = max((row.get("step", 0) for row in run.read_metrics()), default=0)
     # The loop logs step s before it checkpoints step s, so a crash can leave the row of a checkpoint
@@ -103,7 +111,7 @@ def _check_restart(run: RunDirectory, checkpoint_every: int) -> None:
             f"--resume {run.path}: metrics.jsonl logged steps up to {logged}, so the checkpoint of step "
             f"{checkpoint_every} (train.checkpoint_every) was written, but {run.checkpoints} holds none now; resuming "
             f"would start again from step 0 and drop those steps. Nothing was changed. Put the checkpoints back, or "
-            f"start again in a new directory: `whetstone train {run.path / 'config.yaml'} -o NEW_DIR`."
+            f"start again in a new directory: `whetstone train {run.config_path} -o NEW_DIR`."
         )
     if logged:
         _say(f"{run.path} stopped before its first checkpoint (step {checkpoint_every}); starting again from step 0, "

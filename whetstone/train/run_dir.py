@@ -1,13 +1,5 @@
-"""The run directory: config.yaml, metrics.jsonl, summary.json, weights, checkpoints.
-
-    runs/r1/
-      config.yaml      the resolved config (what --resume reads back)
-      metrics.jsonl    one JSON object per logged step
-      summary.json     final figures
-      adapter/         PEFT adapter (lora, dora, qlora)   | model/  HF safetensors (full, freeze)
-      checkpoints/     resumable state, newest last; `latest` names the newest
-      report.html      the run's report (written by `finish`)
-      .whetstone-run   says whetstone created it: what `train --overwrite` may replace (whetstone/overwrite.py)
+"""The run directory as the training loop writes it: config.yaml at the start, metrics rows as it goes,
+summary.json and report.html at the end. The names of its files live in whetstone/rundir.py.
 
 Every metrics row also goes to the trackers in `log.to` (train/trackers.py).
 """
@@ -15,67 +7,59 @@ Every metrics row also goes to the trackers in `log.to` (train/trackers.py).
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import sys
 from pathlib import Path
 
-from whetstone.config import RunConfig, config_from_dict, dump_config, read_yaml
-from whetstone.errors import WhetstoneError
-from whetstone.overwrite import DirectoryKind, check_replaceable, write_marker
-
-# What `train --overwrite` may replace: a run or pipeline directory (whetstone/overwrite.py), with what
-# train, eval, report, classify and export put at its top level.
-RUN = DirectoryKind(
-    "run directory", ".whetstone-run",
-    entries=(".whetstone-run", ".*.tmp", "config.yaml", "metrics.jsonl", "summary.json", "adapter", "model",
-             "checkpoints", "report.html", "samples.jsonl", "trackers.json", "tensorboard", "wandb",
-             "canaries.json", "knowledge.json", "labels.json", "export", "stages", "stages.json", "stages.md",
-             "lineage.json", "merged"),
-    legacy=lambda path: (path / "config.yaml").is_file() and any(
-        (path / name).exists() for name in ("metrics.jsonl", "checkpoints", "summary.json", "stages")),
-    hint=", --resume {path} to continue it",
-)
+from whetstone.config import RunConfig, config_from_dict
+from whetstone.rundir import RunDir, truncate_jsonl
 
 
 def create_run_directory(target: str | Path, config: RunConfig, overwrite: bool) -> Path:
     """A new run (or pipeline) directory holding config.yaml; with `overwrite`, replacing an old run."""
-    path = Path(target)
-    if check_replaceable(path, RUN, overwrite):
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    write_marker(path, RUN)
-    (path / "config.yaml").write_text(dump_config(config))
-    return path
+    return RunDir.create(target, config, overwrite).path
 
 
 class RunDirectory:
-    def __init__(self, path: Path):
-        self.path = path
-        self.checkpoints = path / "checkpoints"
-        self.metrics_path = path / "metrics.jsonl"
+    """The writer of one run: `dir` is the RunDir it writes, whose paths it passes on."""
+
+    def __init__(self, path: str | Path):
+        self.dir = RunDir(path)
+        self.path = self.dir.path
+        self.checkpoints = self.dir.checkpoints
+        self.metrics_path = self.dir.metrics_path
         self._trackers = None  # opened by create(), or on the first row of a resumed run
 
+    @property
+    def config_path(self) -> Path:
+        return self.dir.config_path
+
+    @property
+    def summary_path(self) -> Path:
+        return self.dir.summary_path
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.dir.adapter_dir
+
+    @property
+    def model_dir(self) -> Path:
+        return self.dir.model_dir
+
+    @property
+    def stages_dir(self) -> Path:
+        return self.dir.stages_dir
+
     @classmethod
-    def create(cls, path: str | Path, config: RunConfig, overwrite: bool = False) -> "RunDirectory":
-        path = create_run_directory(path, config, overwrite)
-        run = cls(path)
+    def create(cls, path: str | Path, config: RunConfig, overwrite: bool = False) -> RunDirectory:
+        run = cls(RunDir.create(path, config, overwrite).path)
         run._open_trackers(config)  # a missing tracker package fails now, not after the first steps
         return run
 
     @classmethod
     def open(cls, path: str | Path, *, trust_remote_code: bool = False,
-             allow_pickle: bool = False) -> tuple["RunDirectory", RunConfig]:
+             allow_pickle: bool = False) -> tuple[RunDirectory, RunConfig]:
         """An existing run and its config, whose model gets only the powers the caller grants (run_model_config)."""
-        from whetstone.models.load import run_model_config
-
-        path = Path(path)
-        if not (path / "config.yaml").is_file():
-            raise WhetstoneError(f"--resume {path}: not a run directory (no config.yaml in it).")
-        config = config_from_dict(read_yaml(path / "config.yaml"), str(path / "config.yaml"))
-        config.model = run_model_config(config.model, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                                        source=path / "config.yaml")
-        return cls(path), config
+        found = RunDir.open(path, flag="--resume")
+        return cls(found.path), found.config(trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
 
     def append_metrics(self, row: dict) -> None:
         with open(self.metrics_path, "a") as f:
@@ -95,58 +79,16 @@ class RunDirectory:
             from whetstone.train.trackers import open_trackers
 
             if config is None:
-                config = config_from_dict(read_yaml(self.path / "config.yaml"), str(self.path / "config.yaml"))
+                config = config_from_dict(self.dir.raw_config(), str(self.dir.config_path))
             self._trackers = open_trackers(config.log, self.path, config.to_dict())
         return self._trackers
 
     def truncate_metrics(self, after_step: int) -> None:
-        """Drop rows logged after the checkpoint we resume from: they will be logged again.
-
-        The kept rows replace the file in one rename, so a crash here leaves the old file, never an empty one.
-        """
-        if not self.metrics_path.is_file():
-            return
-        kept = [line for line, row in _jsonl_lines(self.metrics_path) if row.get("step", 0) <= after_step]
-        tmp = self.path / ".metrics.jsonl.tmp"
-        tmp.write_bytes(b"".join(line + b"\n" for line in kept))
-        os.replace(tmp, self.metrics_path)
+        """Drop rows logged after the checkpoint we resume from: they will be logged again."""
+        truncate_jsonl(self.metrics_path, after_step)
 
     def read_metrics(self) -> list[dict]:
-        return read_jsonl(self.metrics_path)
+        return self.dir.metrics()
 
     def write_json(self, name: str, payload: dict) -> None:
-        tmp = self.path / f".{name}.tmp"
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
-        os.replace(tmp, self.path / name)
-
-
-def _jsonl_lines(path: Path) -> list[tuple[bytes, dict]]:
-    """(line, row) for each JSON object line of `path`; a line that is not one is dropped, with a warning.
-
-    A crash mid-append leaves a torn last line, and a power cut can leave a run of NUL bytes where the
-    filesystem had grown the file but not yet written it: neither may stop a resume or a report.
-    Bytes, not text: a cut can split a UTF-8 character.
-    """
-    out, dropped = [], []
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, 1):
-            line = line.rstrip(b"\r\n")
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError:  # JSONDecodeError, or UnicodeDecodeError
-                row = None
-            if isinstance(row, dict):
-                out.append((line, row))
-            else:
-                dropped.append(str(number))
-    if dropped:
-        print(f"warning: {path}: dropped unreadable line {', '.join(dropped)} (cut short by a crash?)",
-              file=sys.stderr, flush=True)
-    return out
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The rows of a .jsonl file the run writes (metrics.jsonl, samples.jsonl); [] when it is absent."""
-    return [row for _, row in _jsonl_lines(path)] if path.is_file() else []
+        self.dir.write_json(name, payload)

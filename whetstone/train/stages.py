@@ -48,23 +48,15 @@ from pathlib import Path
 
 import torch
 
-from whetstone.config import ModelConfig, RunConfig, read_yaml
+from whetstone.config import ModelConfig, RunConfig
 from whetstone.errors import WhetstoneError
 from whetstone.train import distributed
 from whetstone.train.fingerprint import data_files, file_sha256
-from whetstone.train.run_dir import RunDirectory, create_run_directory
+from whetstone.train.loop import fit
+from whetstone.rundir import RunDir
+from whetstone.train.run_dir import RunDirectory
 
 ADAPTER_METHODS = ("lora", "dora", "qlora")
-
-
-def is_pipeline(config: RunConfig | None, run_dir, resume: bool) -> bool:
-    """Whether `whetstone train` runs a pipeline (for --resume, the run's own config decides)."""
-    if resume:
-        path = Path(run_dir) / "config.yaml"
-        if not path.is_file():
-            return False  # the single-run loop reports the missing run directory
-        return bool(read_yaml(path).get("stages"))
-    return bool(config is not None and config.stages)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +86,6 @@ def run_pipeline(config: RunConfig | None, run_dir, *, resume: bool = False, ove
 
     The grants are what a resumed pipeline's model may do, as in `train`.
     """
-    from whetstone.train.loop import train  # the loop dispatches pipelines here: import it late
-
     if distributed.world()[1] > 1:
         raise WhetstoneError("stages: a pipeline runs in one process; launch it without torchrun/accelerate, or "
                              "run each stage as its own distributed run.")
@@ -110,16 +100,16 @@ def run_pipeline(config: RunConfig | None, run_dir, *, resume: bool = False, ove
     start, parent = Start(config.model.name), None
     stages: list[dict] = []
     for index, stage in enumerate(config.stages):
-        directory = path / "stages" / f"{index}-{stage.name}"
+        directory = RunDir(path).stages_dir / f"{index}-{stage.name}"
         print(f"stage {index} ({stage.name}): {directory}", flush=True)
         cfg = stage_config(config, index, start)
         summary = _read_summary(directory)
         if summary is None or summary.get("stopped_early"):
-            if (directory / "config.yaml").is_file():
-                summary = train(None, directory, resume=True, progress=progress, on_step=on_step,
+            if RunDir.is_run(directory):
+                summary = fit(None, directory, resume=True, progress=progress, on_step=on_step,
                                 accept_changes=accept_changes, **grants)
             else:
-                summary = train(cfg, directory, progress=progress, on_step=on_step)
+                summary = fit(cfg, directory, progress=progress, on_step=on_step)
         stages.append({"stage": index, "name": stage.name, "dir": str(directory), "steps": summary.get("steps"),
                        "train_loss": summary.get("train_loss"), "eval_loss": summary.get("eval_loss"),
                        "wall_s": summary.get("wall_s")})
@@ -127,7 +117,7 @@ def run_pipeline(config: RunConfig | None, run_dir, *, resume: bool = False, ove
             print(f"pipeline stopped in stage {index} ({stage.name}); continue with: whetstone train --resume {path}",
                   flush=True)
             out = {"stopped_early": True, "stopped_stage": index, "stages": stages}
-            _write_json(path / "summary.json", out)
+            _write_json(RunDir(path).summary_path, out)
             return out
         next_start, output_hash = _hand_over(config, cfg, directory)
         _write_lineage(directory, config, cfg, index, parent, output_hash)
@@ -137,22 +127,21 @@ def run_pipeline(config: RunConfig | None, run_dir, *, resume: bool = False, ove
         start, parent = next_start, directory.name
     out = {**{k: v for k, v in stages[-1].items() if k in ("train_loss", "eval_loss")},
            "stopped_early": False, "stages": stages, "final_stage": stages[-1]["dir"],
-           "table": "stages.json", "wall_s": round(time.perf_counter() - t_start, 3)}
-    _write_json(path / "summary.json", out)
-    print(f"pipeline done: {path} ({len(stages)} stages; table in {path / 'stages.md'})", flush=True)
+           "table": RunDir.STAGES_JSON, "wall_s": round(time.perf_counter() - t_start, 3)}
+    _write_json(RunDir(path).summary_path, out)
+    print(f"pipeline done: {path} ({len(stages)} stages; table in {RunDir(path).file(RunDir.STAGES_MD)})", flush=True)
     return out
 
 
 def _create(target, config: RunConfig, overwrite: bool) -> Path:
-    """The pipeline directory, with the same rules as a single run's (see create_run_directory)."""
+    """The pipeline directory, with the same rules as a single run's (RunDir.create)."""
     if target is None:
         raise WhetstoneError("no run directory: pass -o DIR or set output: in the config.")
-    return create_run_directory(target, config, overwrite)
+    return RunDir.create(target, config, overwrite).path
 
 
 def _read_summary(directory: Path) -> dict | None:
-    path = directory / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return RunDir(directory).summary()
 
 
 # ---------------------------------------------------------------------------
@@ -161,16 +150,17 @@ def _read_summary(directory: Path) -> dict | None:
 
 def _hand_over(config: RunConfig, cfg: RunConfig, directory: Path) -> tuple[Start, str]:
     """What the next stage starts from, and the SHA-256 of what this stage produced."""
+    run = RunDir(directory)
     if config.method.name not in ADAPTER_METHODS:
-        return Start(str((directory / "model").resolve())), files_sha256(directory / "model")
-    adapter = str((directory / "adapter").resolve())
+        return Start(str(run.model_dir.resolve())), files_sha256(run.model_dir)
+    adapter = str(run.adapter_dir.resolve())
     if config.stages_adapters == "continue":
-        return Start(cfg.model.name, adapter=adapter), files_sha256(directory / "adapter")
+        return Start(cfg.model.name, adapter=adapter), files_sha256(run.adapter_dir)
     if config.stages_adapters == "stack":
-        return Start(cfg.model.name, stack=(*cfg.method.base_adapters, adapter)), files_sha256(directory / "adapter")
-    merged = directory / "merged"
+        return Start(cfg.model.name, stack=(*cfg.method.base_adapters, adapter)), files_sha256(run.adapter_dir)
+    merged = run.merged_dir
     if not (merged / "config.json").is_file():  # a resumed pipeline may have merged already
-        merge_adapter(cfg.model, directory / "adapter", merged)
+        merge_adapter(cfg.model, run.adapter_dir, merged)
     return Start(str(merged.resolve())), files_sha256(merged)
 
 
@@ -217,7 +207,7 @@ def files_sha256(directory: Path) -> str:
 
 def _write_lineage(directory: Path, config: RunConfig, cfg: RunConfig, index: int, parent: str | None,
                    output_hash: str) -> None:
-    parent_lineage = directory.parent / parent / "lineage.json" if parent else None
+    parent_lineage = RunDir(directory.parent / parent).file(RunDir.LINEAGE) if parent else None
     lineage = {
         "pipeline": str(directory.parent.parent.resolve()),
         "stage": index,
@@ -235,7 +225,7 @@ def _write_lineage(directory: Path, config: RunConfig, cfg: RunConfig, index: in
                                  if parent_lineage else None),
         "output_weights_sha256": output_hash,
     }
-    _write_json(directory / "lineage.json", lineage)
+    _write_json(RunDir(directory).file(RunDir.LINEAGE), lineage)
 
 
 # ---------------------------------------------------------------------------
@@ -277,15 +267,15 @@ def _measure(config: RunConfig, index: int, after: Start) -> dict:
 
 
 def _read_table(path: Path, config: RunConfig) -> dict:
-    existing = path / "stages.json"
+    existing = RunDir(path).file(RunDir.STAGES_JSON)
     if existing.is_file():
         return json.loads(existing.read_text())
     return {"stages": [s.name for s in config.stages], "stages_adapters": config.stages_adapters, "rows": []}
 
 
 def _write_table(path: Path, table: dict) -> None:
-    _write_json(path / "stages.json", table)
-    (path / "stages.md").write_text(stages_markdown(table))
+    _write_json(RunDir(path).file(RunDir.STAGES_JSON), table)
+    RunDir(path).file(RunDir.STAGES_MD).write_text(stages_markdown(table))
 
 
 LOWER_IS_BETTER = ("loss", "perplexity")

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from whetstone.errors import WhetstoneError
+from whetstone.rundir import RunDir
 
 PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # tracker -> module it needs
 
@@ -147,13 +148,13 @@ def open_trackers(log_cfg, run_dir: Path, config: dict) -> Trackers:
     """Start every tracker in log_cfg.to (a LogConfig); reuse the tracker run ids of a resumed run."""
     if not log_cfg.to:
         return Trackers([])
-    state_path = run_dir / "trackers.json"
+    state_path = RunDir(run_dir).file(RunDir.TRACKERS)
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     name = log_cfg.run_name or run_dir.resolve().name
     trackers = []
     for kind in log_cfg.to:
         if kind == "tensorboard":
-            trackers.append(TensorBoardTracker(Path(log_cfg.tensorboard_dir or run_dir / "tensorboard"), config))
+            trackers.append(TensorBoardTracker(Path(log_cfg.tensorboard_dir or RunDir(run_dir).file(RunDir.TENSORBOARD)), config))
         elif kind == "mlflow":
             trackers.append(MLflowTracker(log_cfg.mlflow_uri, log_cfg.project, name, config, state.get("mlflow")))
             state["mlflow"] = trackers[-1].run_id

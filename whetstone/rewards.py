@@ -4,7 +4,7 @@ A config names each reward:
 
     reward:
       - {run: runs/rm, weight: 1.0}                                    # objective: reward run
-      - {function: whetstone.train.rewards:exact_match, weight: 1.0}    # a module on the path
+      - {function: whetstone.rewards:exact_match, weight: 1.0}          # a module on the path
       - {function: examples/preferences/rewards.py:answer_format}      # or a file
 
 A reward function is called once per batch of completions as

@@ -1,0 +1,395 @@
+"""The online objectives, ppo (RLHF) and grpo: each step of the training loop is a ROUND that makes its own data.
+
+    1. rollout    sample completions for `rollout_batch_size` prompts (grpo: `num_generations`
+                  per prompt) with temperature / top-p, stopping at the template's end of turn
+    2. score      the weighted sum of the rewards (reward-model runs, Python functions: whetstone/rewards.py)
+    3. measure    log-probs under the sampling policy and the reference, values (ppo)
+    4. advantage  ppo: per-token reward = -kl_coef * (log pi - log pi_ref), plus the score on the
+                  last token; GAE over the values (Schulman et al. 2016)
+                  grpo: (score - group mean) / group std, the same for every token (Shao et al. 2024)
+    5. update     `ppo_epochs` passes of minibatch steps with the clipped policy loss
+                  (Schulman et al. 2017), the clipped value loss (ppo) or the k3 KL term (grpo)
+
+The losses are in objectives/policy.py. The loop (train/loop.py) does the rest as for any objective: setup,
+resume, the optimizer step with its NaN guard, logging (metrics.jsonl has one row per round), checkpoints and
+the summary. The model stays in eval mode throughout: dropout would make the rollout's log-probs disagree with
+the update's before any weight has moved (gradients flow in eval mode all the same).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from whetstone.config import RunConfig
+from whetstone.data.batches import epoch_order
+from whetstone.data.records import Message, Record
+from whetstone.data.render import render_prompt, stop_ids
+from whetstone.errors import WhetstoneError
+from whetstone.methods import is_adapter_model
+from whetstone.models.forward import logits_in_fp32, unwrap
+from whetstone.objectives.base import OnlineObjective, StepOutput
+from whetstone.objectives.logprobs import Reference
+from whetstone.objectives.policy import (AdaptiveKL, clipped_policy_loss, clipped_value_loss, gae, group_advantages,
+                                         k3_kl, ppo_token_rewards, whiten)
+from whetstone.rewards import Reward, load_rewards, score_completions
+
+OptimizerStep = Callable[[float, list[str]], tuple[float, float]]
+"""The loop's optimizer step: (the loss, for the NaN guard; the records behind it) -> (grad norm, learning rate)."""
+
+
+# ---------------------------------------------------------------------------
+# Prompts.
+
+
+@dataclass
+class Prompt:
+    messages: tuple[Message, ...]
+    ids: list[int]  # the rendered prompt, ending with the template's generation prompt
+    reference: str | None
+    origin: str
+
+
+def prompt_of(record: Record) -> tuple[tuple[Message, ...], str | None]:
+    """(prompt turns, reference answer) of any record kind that holds a prompt."""
+    if record.kind == "prompt":
+        return record.messages, record.reference
+    if record.kind in ("preference", "feedback"):
+        return record.messages, None
+    if record.kind == "chat" and record.messages[-1].role == "assistant":
+        return record.messages[:-1], record.messages[-1].content  # the dataset's answer is the reference
+    raise WhetstoneError(f"{record.origin}: a {record.kind} record holds no prompt; use format 'prompt' for ppo/grpo.")
+
+
+def tokenize_prompts(records: list[Record], tokenizer, max_prompt_tokens: int) -> tuple[list[Prompt], int]:
+    """(prompts, how many were dropped for being longer than max_prompt_tokens)."""
+    prompts, dropped = [], 0
+    for record in records:
+        messages, reference = prompt_of(record)
+        text = render_prompt(tokenizer, [{"role": m.role, "content": m.content} for m in messages])
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > max_prompt_tokens:
+            dropped += 1
+            continue
+        prompts.append(Prompt(messages, ids, reference, record.origin))
+    return prompts, dropped
+
+
+@dataclass
+class PromptSets:
+    train: list[Prompt]
+    eval: list[Prompt]
+    dropped: int  # training prompts longer than max_prompt tokens
+    max_prompt: int
+
+
+def prepare_prompts(train_records: list[Record], eval_records: list[Record], tokenizer,
+                    config: RunConfig) -> PromptSets:
+    """The run's prompts, rendered; a prompt leaves objective.max_new_tokens of data.max_length for its answer."""
+    max_prompt = config.data.max_length - config.objective.max_new_tokens
+    prompts, dropped = tokenize_prompts(train_records, tokenizer, max_prompt)
+    eval_prompts, _ = tokenize_prompts(eval_records, tokenizer, max_prompt)
+    if not prompts:
+        raise WhetstoneError(f"data.train: no prompt fits in data.max_length - objective.max_new_tokens = {max_prompt} "
+                             f"tokens; raise data.max_length or lower objective.max_new_tokens.")
+    return PromptSets(prompts, eval_prompts, dropped, max_prompt)
+
+
+# ---------------------------------------------------------------------------
+# Rollouts.
+
+
+@dataclass
+class Rollout:
+    """N sampled completions, prompt left-padded to P, completion right-padded to L."""
+
+    input_ids: torch.Tensor  # (N, P + L)
+    attention_mask: torch.Tensor  # (N, P + L)
+    mask: torch.Tensor  # (N, L) float: 1 on completion tokens through the first EOS
+    n_prompt: int  # P
+    texts: list[str]
+    prompts: list[Prompt]
+    scores: torch.Tensor | None = None  # (N,) weighted reward sum
+    parts: dict[str, list[float]] | None = None
+    old_logps: torch.Tensor | None = None  # (N, L) under the sampling policy
+    ref_logps: torch.Tensor | None = None  # (N, L)
+    values: torch.Tensor | None = None  # (N, L), ppo
+    advantages: torch.Tensor | None = None  # (N, L)
+    returns: torch.Tensor | None = None  # (N, L), ppo
+
+    @property
+    def completion_ids(self) -> torch.Tensor:
+        return self.input_ids[:, self.n_prompt :]
+
+    def rows(self, index: torch.Tensor) -> Rollout:
+        """A minibatch of rollouts (tensors indexed along N; the Python lists are not needed there)."""
+        pick = lambda t: None if t is None else t[index]
+        return Rollout(self.input_ids[index], self.attention_mask[index], self.mask[index], self.n_prompt, [], [],
+                       pick(self.scores), None, pick(self.old_logps), pick(self.ref_logps), pick(self.values),
+                       pick(self.advantages), pick(self.returns))
+
+
+@torch.no_grad()
+def sample_completions(model, tokenizer, prompts: list[Prompt], cfg, device) -> Rollout:
+    """Sample one completion per prompt (repeat prompts for groups). Stops at EOS or max_new_tokens."""
+    from transformers import GenerationConfig
+
+    width = max(len(p.ids) for p in prompts)
+    pad_id, stops = tokenizer.pad_token_id, stop_ids(tokenizer)  # the template's end of turn and EOS
+    prompt_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)  # (N, P), left-padded
+    prompt_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        prompt_ids[row, width - len(prompt.ids) :] = torch.tensor(prompt.ids)
+        prompt_mask[row, width - len(prompt.ids) :] = 1
+    # An explicit config: the model's own generation_config (top_k, repetition penalty...) would change
+    # the distribution we sample from without telling the log-prob computation below.
+    generation = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
+                                  max_new_tokens=cfg.max_new_tokens, eos_token_id=stops, pad_token_id=pad_id)
+    output = model.generate(input_ids=prompt_ids.to(device), attention_mask=prompt_mask.to(device),
+                            generation_config=generation)  # (N, P + L)
+    completion = output[:, width:]
+    is_eos = torch.isin(completion, torch.tensor(stops, device=completion.device))
+    # Keep tokens up to and including the first EOS; what generate appended after it is padding.
+    after_eos = (is_eos.cumsum(dim=1) - is_eos.long()) > 0
+    mask = (~after_eos).float()  # (N, L)
+    completion = completion.masked_fill(after_eos, pad_id)
+    texts = tokenizer.batch_decode(completion.masked_fill(is_eos, pad_id), skip_special_tokens=True)
+    input_ids = torch.cat([prompt_ids.to(device), completion], dim=1)
+    attention_mask = torch.cat([prompt_mask.to(device), mask.long()], dim=1)
+    return Rollout(input_ids, attention_mask, mask, width, [t.strip() for t in texts], list(prompts))
+
+
+def completion_forward(model, rollout: Rollout, temperature: float, value_head=None):
+    """Per-token (log-probs (N, L), entropies (N, L), values (N, L) or None) of the completions.
+
+    Log-probs are of logits / temperature: the distribution the tokens were sampled from.
+    Everything is 0 after a completion's end, so no ratio taken there can overflow.
+    """
+    lm = unwrap(model)
+    position_ids = (rollout.attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # as generate numbers left-padded rows
+    hidden = lm.get_decoder()(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
+                              position_ids=position_ids, use_cache=False).last_hidden_state  # (N, P+L, H)
+    hidden = hidden[:, rollout.n_prompt - 1 : -1]  # (N, L, H): position t predicts completion token t
+    logits = logits_in_fp32(lm.get_output_embeddings(), hidden)  # (N, L, V): the cost of PPO is this tensor
+    softcap = getattr(lm.config, "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    all_logps = torch.log_softmax(logits / temperature, dim=-1)
+    logps = all_logps.gather(-1, rollout.completion_ids[..., None]).squeeze(-1) * rollout.mask  # (N, L)
+    entropy = -(all_logps.exp() * all_logps).sum(dim=-1) * rollout.mask  # (N, L)
+    values = logits_in_fp32(value_head, hidden).squeeze(-1) * rollout.mask if value_head is not None else None  # (N, L)
+    return logps, entropy, values
+
+
+def reference_logprobs(reference: Reference, model, rollout: Rollout, temperature: float) -> torch.Tensor:
+    """Per-token log-probs (N, L) of the completions under the reference."""
+    return reference.run(model, lambda m, r: completion_forward(m, r, temperature)[0], rollout)
+
+
+# ---------------------------------------------------------------------------
+# The rounds.
+
+
+class OnlineRun:
+    """A ppo or grpo run's rounds, as the training loop drives them: `step` is one round, `evaluate` samples one
+    answer per held-out prompt. Built after the policy (and before the optimizer, which must see the value head)."""
+
+    eval_before_training = True  # the held-out reward before any update: the "before" of the run
+    logs_every_step = True  # one metrics.jsonl row per round
+    train_mode = False  # see the module docstring: no dropout, in rollouts and updates alike
+    steps_per_epoch = None  # rounds draw prompts by epoch, but a round is not a fixed share of one
+
+    def __init__(self, model, config: RunConfig, prompts: PromptSets, tokenizer, device, autocast):
+        cfg, obj = config.train, config.objective
+        self.model, self.config, self.prompts, self.tokenizer = model, config, prompts, tokenizer
+        self.device, self.autocast = device, autocast
+        self.is_ppo = obj.name == "ppo"
+        self.reference = None
+        if is_adapter_model(model):
+            self.reference = Reference(copy=None)  # free: the policy with its adapters off; it also measures KL in grpo
+        elif self.is_ppo or obj.kl_coef > 0:  # a frozen copy of the starting weights: 2x the model in memory
+            self.reference = Reference(copy=copy.deepcopy(model).eval().requires_grad_(False))
+        self.value_head = None
+        if self.is_ppo:
+            # The value head shares the policy's backbone; zero-initialised, so V starts at 0.
+            lm = unwrap(model)
+            self.value_head = torch.nn.Linear(lm.config.hidden_size, 1).to(device)
+            torch.nn.init.zeros_(self.value_head.weight)
+            torch.nn.init.zeros_(self.value_head.bias)
+            lm.v_head = self.value_head  # registered on the model, so the optimizer and checkpoints see it
+        # The config is the user's own (a resumed one was checked against this command's flags when it opened),
+        # so its model grants extend to the reward runs it names; their own config.yaml grants nothing.
+        self.rewards = load_rewards(obj.reward, device, trust_remote_code=config.model.trust_remote_code,
+                                    allow_pickle=config.model.allow_pickle)
+        self.group = obj.num_generations if not self.is_ppo else 1
+        self.rounds_per_epoch = math.ceil(len(prompts.train) / obj.rollout_batch_size)
+        self.total_steps = cfg.max_steps if cfg.max_steps is not None else \
+            max(1, math.ceil(cfg.epochs * self.rounds_per_epoch))
+        minibatch = cfg.batch_size * cfg.grad_accum
+        self.optimizer_steps = self.total_steps * obj.ppo_epochs * math.ceil(obj.rollout_batch_size * self.group /
+                                                                             minibatch)
+        self.kl = AdaptiveKL(obj.kl_coef, obj.kl_target, obj.kl_horizon)
+        self.can_evaluate = bool(prompts.eval)
+
+    def describe(self) -> str:
+        p = self.prompts
+        return (f"data: {len(p.train)} training prompts ({p.dropped} longer than {p.max_prompt} tokens dropped), "
+                f"{len(p.eval)} eval prompts")
+
+    def restore(self, extra: dict) -> None:
+        """Resume: the adaptive KL coefficient as the checkpoint left it."""
+        self.kl.value = extra.get("kl_coef", self.kl.value)
+
+    def step(self, index: int, optimizer_step: OptimizerStep) -> StepOutput:
+        """Round `index`: rollout, score, measure, advantages, update."""
+        cfg, obj = self.config.train, self.config.objective
+        t_round = time.perf_counter()
+        # 1. rollout: this round's prompts, in an order fixed by (seed, epoch) as in the offline loop
+        epoch, i = divmod(index, self.rounds_per_epoch)
+        order = epoch_order(len(self.prompts.train), cfg.seed, epoch)
+        chosen = [self.prompts.train[j] for j in order[i * obj.rollout_batch_size : (i + 1) * obj.rollout_batch_size]]
+        batch_prompts = [p for p in chosen for _ in range(self.group)]  # grpo: each prompt G times, adjacent
+        with self.autocast():
+            rollout = sample_completions(self.model, self.tokenizer, batch_prompts, obj, self.device)
+        # 2. score
+        scores, parts = score_completions(self.rewards, [p.messages for p in batch_prompts], rollout.texts,
+                                          [p.reference for p in batch_prompts])
+        rollout.scores = torch.tensor(scores, dtype=torch.float32, device=self.device)
+        rollout.parts = parts
+        # 3. measure: log-probs of the sampling policy (and reference), values
+        with torch.no_grad(), self.autocast():
+            rollout.old_logps, _, rollout.values = completion_forward(self.model, rollout, obj.temperature,
+                                                                      self.value_head)
+            if self.reference is not None:
+                rollout.ref_logps = reference_logprobs(self.reference, self.model, rollout, obj.temperature)
+        kl_tokens = (rollout.old_logps - rollout.ref_logps) * rollout.mask if self.reference is not None else None
+        # 4. advantages
+        if self.is_ppo:
+            token_rewards = ppo_token_rewards(rollout.scores, rollout.old_logps, rollout.ref_logps, rollout.mask,
+                                              self.kl.value)
+            advantages, rollout.returns = gae(token_rewards, rollout.values, rollout.mask, obj.gamma, obj.lam)
+            rollout.advantages = whiten(advantages, rollout.mask)
+        else:
+            rollout.advantages = group_advantages(rollout.scores, self.group)[:, None] * rollout.mask
+        # 5. update
+        update = ppo_update(self.model, rollout, obj, cfg, self.value_head, self.autocast, index, optimizer_step)
+        if self.is_ppo and obj.adaptive_kl:
+            self.kl.update(float(kl_tokens.sum(dim=1).mean()), len(batch_prompts))
+        tokens = int(rollout.attention_mask.sum())
+        entries = {
+            "reward": round(float(rollout.scores.mean()), 6),
+            **{f"reward/{name}": round(sum(v) / len(v), 6) for name, v in parts.items()},
+            "kl": round(float(kl_tokens.sum(dim=1).mean()), 6) if kl_tokens is not None else None,
+            "kl_coef": round(self.kl.value, 6),
+            "response_length": round(float(rollout.mask.sum(dim=1).mean()), 3),
+            **{k: round(v, 6) for k, v in update.items() if k not in ("loss", "lr")},
+        }
+        # The round's loss is already a mean (over its minibatch steps): one unit.
+        return StepOutput(loss_sum=update["loss"], units=1, tokens=tokens, tokens_read=tokens,
+                          supervised_tokens=int(rollout.mask.sum()), lr=update["lr"], entries=entries,
+                          extra={"kl_coef": self.kl.value}, seconds=time.perf_counter() - t_round)
+
+    def evaluate(self) -> dict:
+        results = evaluate_policy(self.model, self.tokenizer, self.prompts.eval, self.rewards, self.reference,
+                                  self.config.objective, self.device, self.autocast, self.config.train.seed,
+                                  self.config.eval.max_batches)
+        return {f"eval_{k}": round(v, 6) for k, v in results.items()}
+
+    def finish(self) -> None:
+        """Before the weights are saved: the policy is the product; the value head was scaffolding."""
+        if self.value_head is not None:
+            del unwrap(self.model).v_head
+
+
+def setup_online(model, config: RunConfig, prompts: PromptSets, tokenizer, device, autocast) -> OnlineRun:
+    return OnlineRun(model, config, prompts, tokenizer, device, autocast)
+
+
+PPO = OnlineObjective("ppo", prepare=prepare_prompts, setup=setup_online)
+GRPO = OnlineObjective("grpo", prepare=prepare_prompts, setup=setup_online)
+
+def ppo_update(model, rollout: Rollout, obj, cfg, value_head, autocast, round_index: int,
+               optimizer_step: OptimizerStep) -> dict[str, float]:
+    """`ppo_epochs` passes over the rollouts in minibatches of batch_size x grad_accum; returns their mean metrics."""
+    n = rollout.input_ids.shape[0]
+    minibatch = cfg.batch_size * cfg.grad_accum
+    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + round_index)
+    sums: dict[str, float] = {}
+    steps = 0
+    for _ in range(obj.ppo_epochs):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n, minibatch):
+            chunk = order[start : start + minibatch]
+            # ppo averages over the minibatch's tokens; grpo over each completion's tokens, then over completions.
+            # Per-token weights make either a plain weighted sum, so micro-batches add up to the minibatch.
+            completions_or_tokens = float(rollout.mask[chunk].sum()) if value_head is not None else len(chunk)
+            minibatch_loss = 0.0
+            for micro in chunk.split(cfg.batch_size):
+                part = rollout.rows(micro.to(rollout.input_ids.device))
+                weights = part.mask / completions_or_tokens  # (n, L)
+                if value_head is None:
+                    weights = weights / part.mask.sum(dim=1, keepdim=True).clamp(min=1)
+                with autocast():
+                    logps, entropy, values = completion_forward(model, part, obj.temperature, value_head)
+                policy, clipped = clipped_policy_loss(logps, part.old_logps, part.advantages, obj.clip_range)
+                terms = {"policy_loss": policy}
+                loss_tokens = policy
+                if value_head is not None:
+                    terms["value_loss"] = clipped_value_loss(values, part.values, part.returns, obj.value_clip)
+                    loss_tokens = loss_tokens + obj.vf_coef * terms["value_loss"]
+                elif part.ref_logps is not None and obj.kl_coef > 0:
+                    terms["kl_loss"] = k3_kl(logps, part.ref_logps)
+                    loss_tokens = loss_tokens + obj.kl_coef * terms["kl_loss"]
+                loss = (loss_tokens * weights).sum()
+                loss.backward()
+                minibatch_loss += float(loss.detach())
+                terms.update(loss=loss_tokens, clipfrac=clipped, entropy=entropy,
+                             approx_kl=0.5 * (logps - part.old_logps) ** 2)
+                for key, per_token in terms.items():
+                    sums[key] = sums.get(key, 0.0) + float((per_token.detach() * weights).sum())
+            _, lr = optimizer_step(minibatch_loss, [rollout.prompts[int(j)].origin for j in chunk])
+            sums["lr_sum"] = sums.get("lr_sum", 0.0) + lr
+            steps += 1
+    out = {k: v / steps for k, v in sums.items() if k != "lr_sum"}
+    out["lr"] = sums["lr_sum"] / steps
+    return out
+
+
+@torch.no_grad()
+def evaluate_policy(model, tokenizer, prompts: list[Prompt], rewards: list[Reward], reference: Reference | None,
+                    obj, device, autocast=contextlib.nullcontext, seed: int = 0,
+                    max_batches: int | None = None) -> dict[str, float]:
+    """Mean reward, KL to the reference (nats per completion) and length of one sample per held-out prompt.
+
+    Sampling uses a fixed seed (and leaves the training RNG untouched), so evaluations
+    before and after training draw comparable samples.
+    """
+    totals: dict[str, float] = {}
+    count = 0
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed + 7919)
+        for n, start in enumerate(range(0, len(prompts), obj.rollout_batch_size)):
+            if max_batches is not None and n >= max_batches:
+                break
+            chunk = prompts[start : start + obj.rollout_batch_size]
+            with autocast():
+                rollout = sample_completions(model, tokenizer, chunk, obj, device)
+            scores, parts = score_completions(rewards, [p.messages for p in chunk], rollout.texts,
+                                              [p.reference for p in chunk])
+            values = {"reward": sum(scores), "response_length": float(rollout.mask.sum())}
+            values.update({f"reward/{k}": sum(v) for k, v in parts.items()})
+            if reference is not None:
+                with autocast():
+                    logps = completion_forward(model, rollout, obj.temperature)[0]
+                    ref_logps = reference_logprobs(reference, model, rollout, obj.temperature)
+                values["kl"] = float(((logps - ref_logps) * rollout.mask).sum())
+            for key, value in values.items():
+                totals[key] = totals.get(key, 0.0) + value
+            count += len(chunk)
+    return {k: v / max(count, 1) for k, v in totals.items()}
