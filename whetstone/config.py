@@ -119,9 +119,44 @@ class RewardSource:
     f(prompts=[...], completions=[...], references=[...]) -> list of floats. Only what you name is imported."""
     weight: float = 1.0
     """Weight of this reward in the sum of all rewards."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """A function's own settings, passed to it as keyword arguments, e.g. {pattern: '...'} for
+    whetstone.rewards.verifiable:regex_format; each must name a parameter of the function (checked, with the
+    function's required ones, when training starts). Functions only; empty: called as before."""
 
 
 ONLINE_OBJECTIVES = ("ppo", "grpo")
+
+
+@dataclass(frozen=True)
+class PolicyKnobs:
+    """An online run's policy update, resolved (the functions are in objectives/policy.py's registries)."""
+
+    advantage: str | None  # ADVANTAGES; None for ppo (GAE over its value head)
+    ratio: str  # RATIOS
+    aggregation: str  # AGGREGATIONS
+    kl_penalty: str  # "loss" (a k3 term) or "reward" (kl_coef * (log pi - log pi_ref) off the reward)
+    clip_low: float
+    clip_high: float
+    dynamic_sampling: bool
+    max_sampling_rounds: int
+    overlong_buffer: int  # tokens; 0 is off
+
+
+GRPO_KNOBS = ("advantage", "ratio", "aggregation", "kl_penalty", "clip_low", "clip_high", "dynamic_sampling",
+              "overlong_buffer")
+_GRPO = dict(advantage="group_std", ratio="token", aggregation="sequence_mean", kl_penalty="loss", clip_low=None,
+             clip_high=None, dynamic_sampling=False, overlong_buffer=0)
+GRPO_VARIANTS: dict[str, dict[str, Any]] = {
+    # Each as its paper defines it (docs/preferences.md "GRPO variants"); clip None is clip_range.
+    "grpo": _GRPO,  # Shao et al. 2024
+    "dr_grpo": _GRPO | dict(advantage="group_mean", aggregation="constant"),  # Liu et al. 2025
+    # Yu et al. 2025: clip-higher 0.28 (clip_low stays 0.2), token-level loss, dynamic sampling, overlong penalty
+    "dapo": _GRPO | dict(aggregation="token_mean", clip_high=0.28, dynamic_sampling=True, overlong_buffer="fifth"),
+    "gspo": _GRPO | dict(ratio="sequence", clip_low=3e-4, clip_high=4e-4),  # Zheng et al. 2025, its clip ranges
+    "rloo": _GRPO | dict(advantage="leave_one_out", ratio="sequence_sum", kl_penalty="reward"),  # Ahmadian et al. 2024
+    "reinforce_pp": _GRPO | dict(advantage="batch_whiten", kl_penalty="reward"),  # Hu 2025
+}
 PACKABLE = ("sft", "dpo")  # objectives whose sequences data.packing can share rows
 
 
@@ -190,6 +225,47 @@ class ObjectiveConfig:
     """ppo/grpo: longest completion; generation also stops at EOS."""
     rollout_batch_size: int = 8
     """ppo/grpo: prompts sampled per round (grpo samples num_generations completions for each)."""
+    variant: Literal["grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp"] = "grpo"
+    """grpo: a named preset of the knobs below (GRPO_VARIANTS, docs/preferences.md "GRPO variants"): grpo, dr_grpo
+    (Dr. GRPO), dapo (DAPO), gspo (GSPO), rloo (RLOO), reinforce_pp (REINFORCE++). A knob set here overrides it."""
+    advantage: Literal["group_std", "group_mean", "leave_one_out", "batch_whiten"] | None = None
+    """grpo: (r - group mean) / group std, r - group mean, r - mean of the other G - 1, or the return to go
+    whitened over the batch; null takes the variant's."""
+    ratio: Literal["token", "sequence", "sequence_sum"] | None = None
+    """grpo: the clipped importance ratio, per token, per sequence length-normalised (GSPO), or per sequence
+    (RLOO); null takes the variant's."""
+    aggregation: Literal["sequence_mean", "token_mean", "constant"] | None = None
+    """grpo: per-token losses averaged per completion then over completions, over all the minibatch's tokens, or
+    summed and divided by completions x max_new_tokens; null takes the variant's."""
+    kl_penalty: Literal["loss", "reward"] | None = None
+    """grpo: where kl_coef's KL acts, a k3 term in the loss, or kl_coef x (log pi - log pi_ref) taken off the
+    reward; null takes the variant's."""
+    clip_low: float | None = None
+    """grpo: the ratio's lower clip is 1 - clip_low; null takes the variant's, else clip_range."""
+    clip_high: float | None = None
+    """grpo: the ratio's upper clip is 1 + clip_high; null takes the variant's (dapo: 0.28), else clip_range."""
+    dynamic_sampling: bool | None = None
+    """grpo: drop groups whose rewards are all equal and sample more prompts until rollout_batch_size groups are
+    kept or max_sampling_rounds ran (DAPO); null takes the variant's (on for dapo only)."""
+    max_sampling_rounds: int = 3
+    """grpo with dynamic_sampling: the most sampling passes per round, the first included; the round then trains
+    on the groups it kept (none: no update that round)."""
+    overlong_buffer: int | None = None
+    """grpo: DAPO's overlong penalty on the reward over the last overlong_buffer tokens before max_new_tokens,
+    0 turns it off; null takes the variant's (dapo: max_new_tokens // 5, the paper's 4096 of 20480)."""
+
+    def policy_knobs(self) -> PolicyKnobs:
+        """The update's knobs: grpo's from its variant with the explicit ones over them; ppo's are fixed."""
+        if self.name == "ppo":
+            return PolicyKnobs(None, "token", "token_mean", "reward", self.clip_range, self.clip_range, False,
+                               self.max_sampling_rounds, 0)
+        knobs = dict(GRPO_VARIANTS[self.variant])
+        knobs.update({k: getattr(self, k) for k in GRPO_KNOBS if getattr(self, k) is not None})
+        knobs["clip_low"] = self.clip_range if knobs["clip_low"] is None else knobs["clip_low"]
+        knobs["clip_high"] = self.clip_range if knobs["clip_high"] is None else knobs["clip_high"]
+        if knobs["overlong_buffer"] == "fifth":
+            knobs["overlong_buffer"] = self.max_new_tokens // 5
+        return PolicyKnobs(**knobs, max_sampling_rounds=self.max_sampling_rounds)
 
     def validate(self) -> list[str]:
         problems = []
@@ -260,6 +336,8 @@ class ObjectiveConfig:
                 )
             if source.weight == 0:
                 problems.append(f"{key}.weight: got 0; remove the reward instead.")
+            if source.run is not None and source.options:
+                problems.append(f"{key}.options: a reward-model run takes no options; they are for a function.")
         if self.kl_coef < 0:
             problems.append(f"objective.kl_coef: got {self.kl_coef}; must be 0 or more.")
         if self.adaptive_kl and (self.kl_target <= 0 or self.kl_horizon < 1):
@@ -285,6 +363,37 @@ class ObjectiveConfig:
             problems.append(f"objective.temperature: got {self.temperature}; rollouts are sampled, so it must be > 0.")
         if not 0.0 < self.top_p <= 1.0:
             problems.append(f"objective.top_p: got {self.top_p}; must be in (0, 1].")
+        return problems + self._validate_variant()
+
+    def _validate_variant(self) -> list[str]:
+        """grpo's variant knobs: ranges, and the combinations that do not compose. Other objectives read none."""
+        set_here = [k for k in GRPO_KNOBS if getattr(self, k) is not None]
+        set_here += ["variant"] * (self.variant != "grpo") + ["max_sampling_rounds"] * (self.max_sampling_rounds != 3)
+        if self.name != "grpo":
+            return [f"objective.{key} is set, but objective '{self.name}' does not use it; it is for objective: grpo."
+                    for key in set_here]
+        problems = []
+        knobs = self.policy_knobs()
+        if not 0.0 < knobs.clip_low < 1.0:
+            problems.append(f"objective.clip_low: got {knobs.clip_low}; must be in (0, 1), e.g. 0.2.")
+        if knobs.clip_high <= 0:
+            problems.append(f"objective.clip_high: got {knobs.clip_high}; must be positive, e.g. 0.28.")
+        if not 0 <= knobs.overlong_buffer <= self.max_new_tokens:
+            problems.append(f"objective.overlong_buffer: got {knobs.overlong_buffer}; must be from 0 (off) to "
+                            f"objective.max_new_tokens ({self.max_new_tokens}).")
+        if self.max_sampling_rounds < 1:
+            problems.append(f"objective.max_sampling_rounds: got {self.max_sampling_rounds}; must be 1 or more.")
+        if self.max_sampling_rounds != 3 and not knobs.dynamic_sampling:
+            problems.append("objective.max_sampling_rounds is set, but dynamic sampling is off; set "
+                            "objective.dynamic_sampling: true or remove it.")
+        if knobs.dynamic_sampling and knobs.advantage not in ("group_std", "group_mean", "leave_one_out"):
+            problems.append(f"objective.dynamic_sampling drops groups whose rewards agree, which only a group "
+                            f"advantage zeroes; advantage '{knobs.advantage}' (variant '{self.variant}') still "
+                            f"learns from them. Set dynamic_sampling: false or a group advantage.")
+        if knobs.ratio == "sequence_sum" and knobs.aggregation != "sequence_mean":
+            problems.append(f"objective.ratio 'sequence_sum' makes each completion one action, so its loss is "
+                            f"averaged per completion; aggregation '{knobs.aggregation}' would weigh it by length. "
+                            f"Use aggregation: sequence_mean or another ratio.")
         return problems
 
 
@@ -753,6 +862,8 @@ def _describe(tp: Any) -> str:
         return "null"
     if dataclasses.is_dataclass(tp):
         return "a mapping"
+    if tp is dict or origin is dict:
+        return "a mapping of names to values, e.g. {pattern: '[0-9]+'}"
     return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(tp, str(tp))
 
 
@@ -791,7 +902,10 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
             problems.append(f"{key}: got {value!r}; must be a mapping of {_field_names(tp)}.")
             return _BAD
         return _build(tp, value, key, problems)
-    if tp is bool:
+    if tp is dict or origin is dict:  # free-form settings (objective.reward[i].options): names, any values
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return dict(value)
+    elif tp is bool:
         if isinstance(value, bool):
             return value
     elif tp is int:

@@ -10,6 +10,10 @@
     5. update     `ppo_epochs` passes of minibatch steps with the clipped policy loss
                   (Schulman et al. 2017), the clipped value loss (ppo) or the k3 KL term (grpo)
 
+grpo's variants (objective.variant: dr_grpo, dapo, gspo, rloo, reinforce_pp) change step 4's advantage and
+step 5's ratio, clip and aggregation (the registries in policy.py; config.GRPO_VARIANTS picks them), and DAPO's
+adds two things to steps 1-2: the overlong penalty on the score, and dynamic sampling (`sample_groups`).
+
 The losses are in objectives/policy.py. The loop (train/loop.py) does the rest as for any objective: setup,
 resume, the optimizer step with its NaN guard, logging (metrics.jsonl has one row per round), checkpoints and
 the summary. The model stays in eval mode throughout: dropout would make the rollout's log-probs disagree with
@@ -27,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from whetstone.config import RunConfig
+from whetstone.config import PolicyKnobs, RunConfig
 from whetstone.data.batches import epoch_order
 from whetstone.data.records import Message, Record
 from whetstone.data.render import render_prompt, stop_ids
@@ -36,8 +40,8 @@ from whetstone.methods import is_adapter_model
 from whetstone.models.forward import logits_in_fp32, unwrap
 from whetstone.objectives.base import OnlineObjective, StepOutput
 from whetstone.objectives.logprobs import Reference
-from whetstone.objectives.policy import (AdaptiveKL, clipped_policy_loss, clipped_value_loss, gae, group_advantages,
-                                         k3_kl, ppo_token_rewards, whiten)
+from whetstone.objectives.policy import (ADVANTAGES, AGGREGATIONS, RATIOS, AdaptiveKL, clipped_ratio_loss,
+                                         clipped_value_loss, gae, k3_kl, overlong_penalty, ppo_token_rewards, whiten)
 from whetstone.rewards import Reward, load_rewards, score_completions
 
 OptimizerStep = Callable[[float, list[str]], tuple[float, float]]
@@ -235,6 +239,7 @@ class OnlineRun:
         self.optimizer_steps = self.total_steps * obj.ppo_epochs * math.ceil(obj.rollout_batch_size * self.group /
                                                                              minibatch)
         self.kl = AdaptiveKL(obj.kl_coef, obj.kl_target, obj.kl_horizon)
+        self.knobs = obj.policy_knobs()
         self.can_evaluate = bool(prompts.eval)
 
     def describe(self) -> str:
@@ -254,14 +259,13 @@ class OnlineRun:
         epoch, i = divmod(index, self.rounds_per_epoch)
         order = epoch_order(len(self.prompts.train), cfg.seed, epoch)
         chosen = [self.prompts.train[j] for j in order[i * obj.rollout_batch_size : (i + 1) * obj.rollout_batch_size]]
-        batch_prompts = [p for p in chosen for _ in range(self.group)]  # grpo: each prompt G times, adjacent
-        with self.autocast():
-            rollout = sample_completions(self.model, self.tokenizer, batch_prompts, obj, self.device)
-        # 2. score
-        scores, parts = score_completions(self.rewards, [p.messages for p in batch_prompts], rollout.texts,
-                                          [p.reference for p in batch_prompts])
-        rollout.scores = torch.tensor(scores, dtype=torch.float32, device=self.device)
-        rollout.parts = parts
+        # 2. score (dynamic sampling: of every sampling pass, keeping the groups whose rewards differ)
+        rollout, sampling = self.sample_groups(chosen, index)
+        if rollout is None:  # every group's rewards agreed in every pass: nothing to learn from this round
+            return StepOutput(loss_sum=0.0, units=0, tokens=0, tokens_read=0, supervised_tokens=0, lr=0.0,
+                              entries={**sampling, "update_skipped": True}, extra={"kl_coef": self.kl.value},
+                              seconds=time.perf_counter() - t_round)
+        batch_prompts, parts = rollout.prompts, rollout.parts
         # 3. measure: log-probs of the sampling policy (and reference), values
         with torch.no_grad(), self.autocast():
             rollout.old_logps, _, rollout.values = completion_forward(self.model, rollout, obj.temperature,
@@ -276,9 +280,12 @@ class OnlineRun:
             advantages, rollout.returns = gae(token_rewards, rollout.values, rollout.mask, obj.gamma, obj.lam)
             rollout.advantages = whiten(advantages, rollout.mask)
         else:
-            rollout.advantages = group_advantages(rollout.scores, self.group)[:, None] * rollout.mask
+            token_kl = self.kl.value * kl_tokens if self.knobs.kl_penalty == "reward" and kl_tokens is not None \
+                else None
+            rollout.advantages = ADVANTAGES[self.knobs.advantage](rollout.scores, rollout.mask, self.group, token_kl)
         # 5. update
-        update = ppo_update(self.model, rollout, obj, cfg, self.value_head, self.autocast, index, optimizer_step)
+        update = ppo_update(self.model, rollout, obj, cfg, self.value_head, self.autocast, index, optimizer_step,
+                            self.knobs)
         if self.is_ppo and obj.adaptive_kl:
             self.kl.update(float(kl_tokens.sum(dim=1).mean()), len(batch_prompts))
         tokens = int(rollout.attention_mask.sum())
@@ -289,11 +296,55 @@ class OnlineRun:
             "kl_coef": round(self.kl.value, 6),
             "response_length": round(float(rollout.mask.sum(dim=1).mean()), 3),
             **{k: round(v, 6) for k, v in update.items() if k not in ("loss", "lr")},
+            **sampling,
         }
         # The round's loss is already a mean (over its minibatch steps): one unit.
         return StepOutput(loss_sum=update["loss"], units=1, tokens=tokens, tokens_read=tokens,
                           supervised_tokens=int(rollout.mask.sum()), lr=update["lr"], entries=entries,
                           extra={"kl_coef": self.kl.value}, seconds=time.perf_counter() - t_round)
+
+    def sample_and_score(self, chosen: list[Prompt]) -> Rollout:
+        """num_generations completions of each prompt (adjacent rows), scored; DAPO's overlong penalty added."""
+        obj = self.config.objective
+        batch_prompts = [p for p in chosen for _ in range(self.group)]  # grpo: each prompt G times, adjacent
+        with self.autocast():
+            rollout = sample_completions(self.model, self.tokenizer, batch_prompts, obj, self.device)
+        scores, parts = score_completions(self.rewards, [p.messages for p in batch_prompts], rollout.texts,
+                                          [p.reference for p in batch_prompts])
+        rollout.scores = torch.tensor(scores, dtype=torch.float32, device=self.device)
+        rollout.parts = parts
+        if self.knobs.overlong_buffer:
+            penalty = overlong_penalty(rollout.mask.sum(dim=1), obj.max_new_tokens, self.knobs.overlong_buffer)
+            rollout.scores = rollout.scores + penalty
+            parts["overlong"] = penalty.tolist()
+        return rollout
+
+    def sample_groups(self, chosen: list[Prompt], index: int) -> tuple[Rollout | None, dict]:
+        """(The round's scored rollout, its sampling entries). With dynamic sampling (DAPO, Yu et al. 2025), groups
+        whose rewards are all equal (advantage 0: no gradient) are dropped and more prompts are sampled, as many
+        as groups are missing, until rollout_batch_size groups are kept or max_sampling_rounds passes ran. The
+        extra prompts are fixed by (seed, round, pass). None when no group was kept."""
+        rollout = self.sample_and_score(chosen)
+        if not self.knobs.dynamic_sampling:
+            return rollout, {}
+        wanted = self.config.objective.rollout_batch_size
+        kept, dropped, passes = [], 0, 0
+        while True:
+            passes += 1
+            grouped = rollout.scores.view(-1, self.group)  # (prompts, G)
+            differ = (grouped != grouped[:, :1]).any(dim=1).tolist()
+            dropped += differ.count(False)
+            kept += [select_groups(rollout, [g for g, d in enumerate(differ) if d], self.group)]
+            have = sum(len(r.prompts) // self.group for r in kept)
+            if have >= wanted or passes >= self.knobs.max_sampling_rounds:
+                break
+            order = epoch_order(len(self.prompts.train), self.config.train.seed * 1_000_003 + index, passes)
+            rollout = self.sample_and_score([self.prompts.train[j] for j in order[: wanted - have]])
+        entries = {"groups_dropped": dropped, "sampling_rounds": passes}
+        kept = [r for r in kept if r.prompts]
+        if not kept:
+            return None, entries
+        return concat_rollouts(kept, self.tokenizer.pad_token_id), entries
 
     def evaluate(self) -> dict:
         results = evaluate_policy(self.model, self.tokenizer, self.prompts.eval, self.rewards, self.reference,
@@ -314,9 +365,39 @@ def setup_online(model, config: RunConfig, prompts: PromptSets, tokenizer, devic
 PPO = OnlineObjective("ppo", prepare=prepare_prompts, setup=setup_online)
 GRPO = OnlineObjective("grpo", prepare=prepare_prompts, setup=setup_online)
 
+def select_groups(rollout: Rollout, groups: list[int], group_size: int) -> Rollout:
+    """The rows of the given groups (group g is rows g*G .. g*G + G - 1), with their texts, prompts and scores."""
+    rows = [g * group_size + k for g in groups for k in range(group_size)]
+    index = torch.tensor(rows, dtype=torch.long, device=rollout.input_ids.device)
+    return Rollout(rollout.input_ids[index], rollout.attention_mask[index], rollout.mask[index], rollout.n_prompt,
+                   [rollout.texts[r] for r in rows], [rollout.prompts[r] for r in rows], rollout.scores[index],
+                   {k: [v[r] for r in rows] for k, v in rollout.parts.items()})
+
+
+def concat_rollouts(rollouts: list[Rollout], pad_id: int) -> Rollout:
+    """Scored rollouts of several sampling passes as one: prompts left-padded to the widest P, completions
+    right-padded to the longest L (padding has attention 0 and mask 0)."""
+    if len(rollouts) == 1:
+        return rollouts[0]
+    width = max(r.n_prompt for r in rollouts)
+    length = max(r.mask.shape[1] for r in rollouts)
+
+    def pad(r: Rollout, t: torch.Tensor, value) -> torch.Tensor:  # (n, P + L) -> (n, width + length)
+        return torch.nn.functional.pad(t, (width - r.n_prompt, length - r.mask.shape[1]), value=value)
+
+    return Rollout(torch.cat([pad(r, r.input_ids, pad_id) for r in rollouts]),
+                   torch.cat([pad(r, r.attention_mask, 0) for r in rollouts]),
+                   torch.cat([torch.nn.functional.pad(r.mask, (0, length - r.mask.shape[1])) for r in rollouts]),
+                   width, [t for r in rollouts for t in r.texts], [p for r in rollouts for p in r.prompts],
+                   torch.cat([r.scores for r in rollouts]),
+                   {k: [v for r in rollouts for v in r.parts[k]] for k in rollouts[0].parts})
+
+
 def ppo_update(model, rollout: Rollout, obj, cfg, value_head, autocast, round_index: int,
-               optimizer_step: OptimizerStep) -> dict[str, float]:
-    """`ppo_epochs` passes over the rollouts in minibatches of batch_size x grad_accum; returns their mean metrics."""
+               optimizer_step: OptimizerStep, knobs: PolicyKnobs) -> dict[str, float]:
+    """`ppo_epochs` passes over the rollouts in minibatches of batch_size x grad_accum; returns their mean metrics.
+
+    `knobs` pick the ratio, the clip, the aggregation and whether the k3 KL term is in the loss."""
     n = rollout.input_ids.shape[0]
     minibatch = cfg.batch_size * cfg.grad_accum
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + round_index)
@@ -326,24 +407,23 @@ def ppo_update(model, rollout: Rollout, obj, cfg, value_head, autocast, round_in
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, minibatch):
             chunk = order[start : start + minibatch]
-            # ppo averages over the minibatch's tokens; grpo over each completion's tokens, then over completions.
-            # Per-token weights make either a plain weighted sum, so micro-batches add up to the minibatch.
-            completions_or_tokens = float(rollout.mask[chunk].sum()) if value_head is not None else len(chunk)
+            # ppo averages over the minibatch's tokens; grpo (by default) over each completion's tokens, then over
+            # completions. Per-token weights make either a plain weighted sum, so micro-batches add up to the minibatch.
+            minibatch_mask = rollout.mask[chunk]  # (m, L)
             minibatch_loss = 0.0
             for micro in chunk.split(cfg.batch_size):
                 part = rollout.rows(micro.to(rollout.input_ids.device))
-                weights = part.mask / completions_or_tokens  # (n, L)
-                if value_head is None:
-                    weights = weights / part.mask.sum(dim=1, keepdim=True).clamp(min=1)
+                weights = AGGREGATIONS[knobs.aggregation](part.mask, minibatch_mask, obj.max_new_tokens)  # (n, L)
                 with autocast():
                     logps, entropy, values = completion_forward(model, part, obj.temperature, value_head)
-                policy, clipped = clipped_policy_loss(logps, part.old_logps, part.advantages, obj.clip_range)
+                ratio = RATIOS[knobs.ratio](logps, part.old_logps, part.mask)  # (n, L) or (n, 1)
+                policy, clipped = clipped_ratio_loss(ratio, part.advantages, knobs.clip_low, knobs.clip_high)
                 terms = {"policy_loss": policy}
                 loss_tokens = policy
                 if value_head is not None:
                     terms["value_loss"] = clipped_value_loss(values, part.values, part.returns, obj.value_clip)
                     loss_tokens = loss_tokens + obj.vf_coef * terms["value_loss"]
-                elif part.ref_logps is not None and obj.kl_coef > 0:
+                elif part.ref_logps is not None and obj.kl_coef > 0 and knobs.kl_penalty == "loss":
                     terms["kl_loss"] = k3_kl(logps, part.ref_logps)
                     loss_tokens = loss_tokens + obj.kl_coef * terms["kl_loss"]
                 loss = (loss_tokens * weights).sum()

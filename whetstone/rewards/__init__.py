@@ -6,14 +6,18 @@ A config names each reward:
       - {run: runs/rm, weight: 1.0}                                    # objective: reward run
       - {function: whetstone.rewards:exact_match, weight: 1.0}          # a module on the path
       - {function: examples/preferences/rewards.py:answer_format}      # or a file
+      - {function: whetstone.rewards.verifiable:regex_format, options: {pattern: '\\d+'}}
 
 A reward function is called once per batch of completions as
 
-    f(prompts=[str], completions=[str], references=[str | None]) -> [float]
+    f(prompts=[str], completions=[str], references=[str | None], **options) -> [float]
 
 where a prompt is the text of its last user turn and a reference is the
-record's reference answer (format 'prompt'). Only the modules and files named in
-the config are imported. The functions below are ready to name.
+record's reference answer (format 'prompt'); `options` is the reward's options:
+mapping from the config, passed as keyword arguments (none when it has none).
+Only the modules and files named in the config are imported. The functions
+below are ready to name; so are the verifiable rewards (numeric answers, format
+checks, tool calls, an overlong penalty) in whetstone/rewards/verifiable.py.
 
 A reward run whose config.yaml asks for model.trust_remote_code or model.allow_pickle
 loads only when the training config grants it, with the same key under its own model:
@@ -23,8 +27,10 @@ nothing: it may be someone else's (models/load.py run_model_config).
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
+import inspect
 import re
 import sys
 from collections.abc import Callable
@@ -95,12 +101,55 @@ def import_function(spec: str) -> Callable:
     return function
 
 
-def _function_reward(spec: str) -> ScoreFn:
+BATCH_ARGUMENTS = ("prompts", "completions", "references")  # what every reward function is called with
+
+
+def check_options(function: Callable, spec: str, options: dict, key: str) -> None:
+    """Raise unless `function` takes each of `options` as a keyword and every keyword it needs is among them.
+
+    `key` is where the options sit in the config ("objective.reward[0]"), for the message.
+    """
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # a builtin or C function: no signature to read
+        return
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    missing = [name for name in BATCH_ARGUMENTS if name not in parameters and not takes_any]
+    if missing:
+        raise WhetstoneError(
+            f"{key}: {spec} has no parameter {' or '.join(map(repr, missing))}; a reward function is called as "
+            f"f(prompts=[...], completions=[...], references=[...], **options), so it must take those three names."
+        )
+    named = [name for name, p in parameters.items()
+             if name not in BATCH_ARGUMENTS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    takes = f"it takes {', '.join(named)}" if named else "it takes no options"
+    problems = []
+    for name in options:
+        if name in BATCH_ARGUMENTS:
+            problems.append(f"{key}.options.{name}: the loader passes {name} itself; remove it from options")
+        elif name not in named and not takes_any:
+            close = difflib.get_close_matches(name, named, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            problems.append(f"{key}.options.{name}: {spec} has no parameter {name!r}; {hint}{takes}")
+    for name in named:
+        if parameters[name].default is inspect.Parameter.empty and name not in options:
+            problems.append(f"{key}.options: {spec} needs the option {name!r}; add options: {{{name}: ...}}")
+    if problems:
+        raise WhetstoneError("; ".join(problems) + ".")
+
+
+def _function_reward(spec: str, options: dict, key: str) -> ScoreFn:
     function = import_function(spec)
+    check_options(function, spec, options, key)
+    if options:  # an empty batch, so a bad option value fails now rather than after the first rollout
+        try:
+            function(prompts=[], completions=[], references=[], **options)
+        except WhetstoneError as exc:
+            raise WhetstoneError(f"{key}.options ({spec}): {exc}") from None
 
     def score(prompts: list[tuple[Message, ...]], completions: list[str], references: list[str | None]) -> list[float]:
         texts = [next((m.content for m in reversed(p) if m.role == "user"), "") for p in prompts]
-        values = function(prompts=texts, completions=completions, references=references)
+        values = function(prompts=texts, completions=completions, references=references, **options)
         values = list(values) if values is not None else []
         if len(values) != len(completions):
             raise WhetstoneError(
@@ -129,11 +178,12 @@ def load_rewards(sources: list[RewardSource], device, *, trust_remote_code: bool
     """The rewards `sources` name; reward runs get the powers granted here (the training config's model:)."""
     grants = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
     rewards: list[Reward] = []
-    for source in sources:
+    for i, source in enumerate(sources):
         if source.run is not None:
             name, score = Path(source.run).name, _model_reward(source.run, device, grants)
         else:
-            name, score = source.function.rpartition(":")[2], _function_reward(source.function)
+            score = _function_reward(source.function, source.options, f"objective.reward[{i}]")
+            name = source.function.rpartition(":")[2]
         if any(r.name == name for r in rewards):
             name = f"{name}_{len(rewards)}"
         rewards.append(Reward(name, source.weight, score))
