@@ -254,6 +254,15 @@ class ObjectiveConfig:
     """grpo: DAPO's overlong penalty on the reward over the last overlong_buffer tokens before max_new_tokens,
     0 turns it off; null takes the variant's (dapo: max_new_tokens // 5, the paper's 4096 of 20480)."""
 
+    tools: list[str] = field(default_factory=list)
+    """ppo/grpo: Python functions the policy may call during a rollout ('module:function' or 'file.py:function',
+    e.g. whetstone.tools:calculator), shown to the model by the chat template; each call runs with tool_timeout,
+    and its result is read but not trained on (whetstone/tools.py)."""
+    max_tool_calls: int = 2
+    """ppo/grpo with tools: the most tool calls one completion may make; later calls stay text."""
+    tool_timeout: float = 5.0
+    """ppo/grpo with tools: seconds one call may run before it is stopped (the model reads an error)."""
+
     def policy_knobs(self) -> PolicyKnobs:
         """The update's knobs: grpo's from its variant with the explicit ones over them; ppo's are fixed."""
         if self.name == "ppo":
@@ -289,8 +298,13 @@ class ObjectiveConfig:
         problems += self._validate_classify()
         if name in ONLINE_OBJECTIVES:
             problems += self._validate_online()
-        elif self.reward:
-            problems.append(f"objective.reward is set, but objective '{name}' does not use it; rewards are for ppo and grpo.")
+        else:
+            if self.reward:
+                problems.append(f"objective.reward is set, but objective '{name}' does not use it; rewards are for ppo "
+                                f"and grpo.")
+            if self.tools:
+                problems.append(f"objective.tools is set, but objective '{name}' does not use it; tool calls run in "
+                                f"the rollouts of ppo and grpo.")
         return problems
 
     def _validate_classify(self) -> list[str]:
@@ -363,6 +377,14 @@ class ObjectiveConfig:
             problems.append(f"objective.temperature: got {self.temperature}; rollouts are sampled, so it must be > 0.")
         if not 0.0 < self.top_p <= 1.0:
             problems.append(f"objective.top_p: got {self.top_p}; must be in (0, 1].")
+        for i, spec in enumerate(self.tools):
+            if not isinstance(spec, str) or ":" not in spec or spec.endswith(":"):
+                problems.append(f"objective.tools[{i}]: got {spec!r}; write it as 'module:function' or "
+                                f"'file.py:function', e.g. whetstone.tools:calculator.")
+        if self.tools and self.max_tool_calls < 1:
+            problems.append(f"objective.max_tool_calls: got {self.max_tool_calls}; with tools it must be at least 1.")
+        if self.tool_timeout <= 0:
+            problems.append(f"objective.tool_timeout: got {self.tool_timeout}; must be a positive number of seconds.")
         return problems + self._validate_variant()
 
     def _validate_variant(self) -> list[str]:

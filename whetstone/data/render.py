@@ -339,7 +339,7 @@ def _probe_turn_ends(tokenizer) -> tuple[list[int], list[int], list[int]]:
     answer = {"role": "assistant", "content": _SENTINEL}
     found: list[list[int]] = []
     for messages in ([user, answer], [user, answer, user]):
-        text = _try_template(tokenizer, messages, add_generation_prompt=False)
+        text = render_or_none(tokenizer, messages, add_generation_prompt=False)
         run: list[int] = []
         if text is not None and _SENTINEL in text:
             after = tokenizer(text.split(_SENTINEL, 1)[1].lstrip(), add_special_tokens=False)["input_ids"]
@@ -359,8 +359,8 @@ def _tool_call_turn(tokenizer, special: set[int]) -> list[int]:
     call = {"role": "assistant", "content": "",
             "tool_calls": [{"type": "function", "id": "call_0", "function": {"name": "probe", "arguments": {}}}]}
     user = {"role": "user", "content": "Hi."}
-    prompt = _try_template(tokenizer, [user], add_generation_prompt=True, tools=tools)
-    full = _try_template(tokenizer, [user, call], add_generation_prompt=False, tools=tools)
+    prompt = render_or_none(tokenizer, [user], add_generation_prompt=True, tools=tools)
+    full = render_or_none(tokenizer, [user, call], add_generation_prompt=False, tools=tools)
     if prompt is None or full is None or not full.startswith(prompt):
         return []
     return [i for i in tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"] if i in special]
@@ -371,7 +371,8 @@ def _special_ids(tokenizer) -> set[int]:
     return set(tokenizer.all_special_ids) | {i for i, token in added.items() if token.special}
 
 
-def _try_template(tokenizer, messages: list[dict], add_generation_prompt: bool, tools=None) -> str | None:
+def render_or_none(tokenizer, messages: list[dict], add_generation_prompt: bool, tools=None) -> str | None:
+    """The template's text for `messages`, or None where the template refuses them."""
     try:
         return _template(tokenizer, messages, add_generation_prompt, tools)
     except WhetstoneError:

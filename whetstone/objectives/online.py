@@ -27,7 +27,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -35,6 +35,7 @@ from whetstone.config import PolicyKnobs, RunConfig
 from whetstone.data.batches import epoch_order
 from whetstone.data.records import Message, Record
 from whetstone.data.render import render_prompt, stop_ids
+from whetstone.data.tool_parse import tool_call_format
 from whetstone.errors import WhetstoneError
 from whetstone.methods import is_adapter_model
 from whetstone.models.forward import logits_in_fp32, unwrap
@@ -42,7 +43,9 @@ from whetstone.objectives.base import OnlineObjective, StepOutput
 from whetstone.objectives.logprobs import Reference
 from whetstone.objectives.policy import (ADVANTAGES, AGGREGATIONS, RATIOS, AdaptiveKL, clipped_ratio_loss,
                                          clipped_value_loss, gae, k3_kl, overlong_penalty, ppo_token_rewards, whiten)
+from whetstone.objectives.tool_rollouts import policy_sampler, rollout_tensors, tool_rollout
 from whetstone.rewards import Reward, load_rewards, score_completions
+from whetstone.tools import Tool, load_tools
 
 OptimizerStep = Callable[[float, list[str]], tuple[float, float]]
 """The loop's optimizer step: (the loss, for the NaN guard; the records behind it) -> (grad norm, learning rate)."""
@@ -71,12 +74,14 @@ def prompt_of(record: Record) -> tuple[tuple[Message, ...], str | None]:
     raise WhetstoneError(f"{record.origin}: a {record.kind} record holds no prompt; use format 'prompt' for ppo/grpo.")
 
 
-def tokenize_prompts(records: list[Record], tokenizer, max_prompt_tokens: int) -> tuple[list[Prompt], int]:
-    """(prompts, how many were dropped for being longer than max_prompt_tokens)."""
+def tokenize_prompts(records: list[Record], tokenizer, max_prompt_tokens: int,
+                     tools: dict[str, Tool] | None = None) -> tuple[list[Prompt], int]:
+    """(prompts, how many were dropped for being longer than max_prompt_tokens); `tools` are shown in each."""
     prompts, dropped = [], 0
+    schemas = [tool.schema for tool in tools.values()] if tools else None
     for record in records:
         messages, reference = prompt_of(record)
-        text = render_prompt(tokenizer, [{"role": m.role, "content": m.content} for m in messages])
+        text = render_prompt(tokenizer, [{"role": m.role, "content": m.content} for m in messages], tools=schemas)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > max_prompt_tokens:
             dropped += 1
@@ -91,18 +96,24 @@ class PromptSets:
     eval: list[Prompt]
     dropped: int  # training prompts longer than max_prompt tokens
     max_prompt: int
+    tools: dict[str, Tool] = field(default_factory=dict)  # objective.tools, by name
 
 
 def prepare_prompts(train_records: list[Record], eval_records: list[Record], tokenizer,
                     config: RunConfig) -> PromptSets:
     """The run's prompts, rendered; a prompt leaves objective.max_new_tokens of data.max_length for its answer."""
     max_prompt = config.data.max_length - config.objective.max_new_tokens
-    prompts, dropped = tokenize_prompts(train_records, tokenizer, max_prompt)
-    eval_prompts, _ = tokenize_prompts(eval_records, tokenizer, max_prompt)
+    tools = load_tools(config.objective.tools)
+    if tools and tool_call_format(tokenizer) is None:
+        raise WhetstoneError("objective.tools: the model's chat template has no tool-call format whetstone can read "
+                             "(hermes, llama3, mistral or harmony: data/tool_parse.py), so a rollout could not call "
+                             "a tool; use a model whose template offers tools, or set data.chat_template.")
+    prompts, dropped = tokenize_prompts(train_records, tokenizer, max_prompt, tools)
+    eval_prompts, _ = tokenize_prompts(eval_records, tokenizer, max_prompt, tools)
     if not prompts:
         raise WhetstoneError(f"data.train: no prompt fits in data.max_length - objective.max_new_tokens = {max_prompt} "
                              f"tokens; raise data.max_length or lower objective.max_new_tokens.")
-    return PromptSets(prompts, eval_prompts, dropped, max_prompt)
+    return PromptSets(prompts, eval_prompts, dropped, max_prompt, tools)
 
 
 # ---------------------------------------------------------------------------
@@ -126,6 +137,7 @@ class Rollout:
     values: torch.Tensor | None = None  # (N, L), ppo
     advantages: torch.Tensor | None = None  # (N, L)
     returns: torch.Tensor | None = None  # (N, L), ppo
+    tool_calls: list[int] | None = None  # tool calls each completion made (objective.tools)
 
     @property
     def completion_ids(self) -> torch.Tensor:
@@ -189,6 +201,22 @@ def completion_forward(model, rollout: Rollout, temperature: float, value_head=N
     entropy = -(all_logps.exp() * all_logps).sum(dim=-1) * rollout.mask  # (N, L)
     values = logits_in_fp32(value_head, hidden).squeeze(-1) * rollout.mask if value_head is not None else None  # (N, L)
     return logps, entropy, values
+
+
+def sample_rollout(model, tokenizer, prompts: list[Prompt], cfg, device, tools: dict[str, Tool] | None) -> Rollout:
+    """One sampled completion per prompt: `sample_completions`, or with tools, completions that may call them
+    (objectives/tool_rollouts.py: the tool results are in the completion with mask 0)."""
+    if not tools:
+        return sample_completions(model, tokenizer, prompts, cfg, device)
+    generate = policy_sampler(model, tokenizer, cfg.temperature, cfg.top_p, device)
+    turns = tool_rollout([(p.ids, [{"role": m.role, "content": m.content} for m in p.messages]) for p in prompts],
+                         generate, tokenizer, tools, cfg.max_new_tokens, cfg.max_tool_calls, cfg.tool_timeout)
+    t = rollout_tensors([p.ids for p in prompts], turns, tokenizer.pad_token_id, device)
+    # The rewards score the final answer: the last tokens the policy wrote.
+    answers = [next((ids for ids, sampled in reversed(turn.segments) if sampled), []) for turn in turns]
+    texts = [text.strip() for text in tokenizer.batch_decode(answers, skip_special_tokens=True)]
+    return Rollout(t["input_ids"], t["attention_mask"], t["mask"], t["n_prompt"], texts, list(prompts),
+                   tool_calls=[turn.calls for turn in turns])
 
 
 def reference_logprobs(reference: Reference, model, rollout: Rollout, temperature: float) -> torch.Tensor:
@@ -295,6 +323,8 @@ class OnlineRun:
             "kl": round(float(kl_tokens.sum(dim=1).mean()), 6) if kl_tokens is not None else None,
             "kl_coef": round(self.kl.value, 6),
             "response_length": round(float(rollout.mask.sum(dim=1).mean()), 3),
+            **({"tool_calls": round(sum(rollout.tool_calls) / len(rollout.tool_calls), 3)}
+               if rollout.tool_calls is not None else {}),
             **{k: round(v, 6) for k, v in update.items() if k not in ("loss", "lr")},
             **sampling,
         }
@@ -308,7 +338,7 @@ class OnlineRun:
         obj = self.config.objective
         batch_prompts = [p for p in chosen for _ in range(self.group)]  # grpo: each prompt G times, adjacent
         with self.autocast():
-            rollout = sample_completions(self.model, self.tokenizer, batch_prompts, obj, self.device)
+            rollout = sample_rollout(self.model, self.tokenizer, batch_prompts, obj, self.device, self.prompts.tools)
         scores, parts = score_completions(self.rewards, [p.messages for p in batch_prompts], rollout.texts,
                                           [p.reference for p in batch_prompts])
         rollout.scores = torch.tensor(scores, dtype=torch.float32, device=self.device)
@@ -349,7 +379,7 @@ class OnlineRun:
     def evaluate(self) -> dict:
         results = evaluate_policy(self.model, self.tokenizer, self.prompts.eval, self.rewards, self.reference,
                                   self.config.objective, self.device, self.autocast, self.config.train.seed,
-                                  self.config.eval.max_batches)
+                                  self.config.eval.max_batches, self.prompts.tools)
         return {f"eval_{k}": round(v, 6) for k, v in results.items()}
 
     def finish(self) -> None:
@@ -371,7 +401,8 @@ def select_groups(rollout: Rollout, groups: list[int], group_size: int) -> Rollo
     index = torch.tensor(rows, dtype=torch.long, device=rollout.input_ids.device)
     return Rollout(rollout.input_ids[index], rollout.attention_mask[index], rollout.mask[index], rollout.n_prompt,
                    [rollout.texts[r] for r in rows], [rollout.prompts[r] for r in rows], rollout.scores[index],
-                   {k: [v[r] for r in rows] for k, v in rollout.parts.items()})
+                   {k: [v[r] for r in rows] for k, v in rollout.parts.items()},
+                   tool_calls=None if rollout.tool_calls is None else [rollout.tool_calls[r] for r in rows])
 
 
 def concat_rollouts(rollouts: list[Rollout], pad_id: int) -> Rollout:
@@ -390,7 +421,8 @@ def concat_rollouts(rollouts: list[Rollout], pad_id: int) -> Rollout:
                    torch.cat([torch.nn.functional.pad(r.mask, (0, length - r.mask.shape[1])) for r in rollouts]),
                    width, [t for r in rollouts for t in r.texts], [p for r in rollouts for p in r.prompts],
                    torch.cat([r.scores for r in rollouts]),
-                   {k: [v for r in rollouts for v in r.parts[k]] for k in rollouts[0].parts})
+                   {k: [v for r in rollouts for v in r.parts[k]] for k in rollouts[0].parts},
+                   tool_calls=None if rollouts[0].tool_calls is None else [c for r in rollouts for c in r.tool_calls])
 
 
 def ppo_update(model, rollout: Rollout, obj, cfg, value_head, autocast, round_index: int,
@@ -444,7 +476,7 @@ def ppo_update(model, rollout: Rollout, obj, cfg, value_head, autocast, round_in
 @torch.no_grad()
 def evaluate_policy(model, tokenizer, prompts: list[Prompt], rewards: list[Reward], reference: Reference | None,
                     obj, device, autocast=contextlib.nullcontext, seed: int = 0,
-                    max_batches: int | None = None) -> dict[str, float]:
+                    max_batches: int | None = None, tools: dict[str, Tool] | None = None) -> dict[str, float]:
     """Mean reward, KL to the reference (nats per completion) and length of one sample per held-out prompt.
 
     Sampling uses a fixed seed (and leaves the training RNG untouched), so evaluations
@@ -459,10 +491,12 @@ def evaluate_policy(model, tokenizer, prompts: list[Prompt], rewards: list[Rewar
                 break
             chunk = prompts[start : start + obj.rollout_batch_size]
             with autocast():
-                rollout = sample_completions(model, tokenizer, chunk, obj, device)
+                rollout = sample_rollout(model, tokenizer, chunk, obj, device, tools)
             scores, parts = score_completions(rewards, [p.messages for p in chunk], rollout.texts,
                                               [p.reference for p in chunk])
             values = {"reward": sum(scores), "response_length": float(rollout.mask.sum())}
+            if rollout.tool_calls is not None:
+                values["tool_calls"] = float(sum(rollout.tool_calls))
             values.update({f"reward/{k}": sum(v) for k, v in parts.items()})
             if reference is not None:
                 with autocast():

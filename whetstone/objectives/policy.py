@@ -44,12 +44,18 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages * mask, returns
 
 
+def last_token(mask: torch.Tensor) -> torch.Tensor:
+    """(N,) index of each row's last real token. Not mask.sum() - 1: a completion that called tools has holes
+    (the tool results, mask 0) before its end (objectives/tool_rollouts.py)."""
+    positions = torch.arange(mask.shape[1], device=mask.device)  # (L,)
+    return (positions * (mask > 0)).amax(dim=1)  # a row without any real token: 0
+
+
 def ppo_token_rewards(scores: torch.Tensor, logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor,
                       kl_coef: float) -> torch.Tensor:
     """r_t = -kl_coef * (log pi - log pi_ref)_t, plus the sequence's score on its last real token (N, L)."""
     rewards = -kl_coef * (logps - ref_logps) * mask
-    last = (mask.sum(dim=1) - 1).clamp(min=0).long()  # (N,)
-    rewards[torch.arange(len(scores)), last] += scores
+    rewards[torch.arange(len(scores)), last_token(mask)] += scores
     return rewards
 
 
@@ -141,8 +147,7 @@ def batch_whiten_advantages(scores, mask, group_size: int, token_kl=None) -> tor
     (A - mean) / sqrt(var + 1e-8). Groups play no part: the baseline is the global batch's mean.
     """
     rewards = -token_kl * mask if token_kl is not None else torch.zeros_like(mask)
-    last = (mask.sum(dim=1) - 1).clamp(min=0).long()  # (N,)
-    rewards[torch.arange(len(scores)), last] += scores
+    rewards[torch.arange(len(scores)), last_token(mask)] += scores
     returns = rewards.flip(1).cumsum(dim=1).flip(1) * mask  # (N, L)
     return whiten(returns, mask)
 

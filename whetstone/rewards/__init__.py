@@ -75,13 +75,13 @@ def length_penalty(prompts: list[str], completions: list[str], references: list[
 # Loading what the config names.
 
 
-def import_function(spec: str) -> Callable:
-    """'package.module:function' or 'path/to/file.py:function' -> the function."""
+def import_function(spec: str, what: str = "objective.reward function") -> Callable:
+    """'package.module:function' or 'path/to/file.py:function' -> the function; errors name it as `what`."""
     target, _, name = spec.rpartition(":")
     if target.endswith(".py"):
         path = Path(target)
         if not path.is_file():
-            raise WhetstoneError(f"objective.reward function {spec!r}: the file {target} does not exist.")
+            raise WhetstoneError(f"{what} {spec!r}: the file {target} does not exist.")
         module_name = f"whetstone_reward_{abs(hash(str(path.resolve())))}"
         module_spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(module_spec)
@@ -92,12 +92,12 @@ def import_function(spec: str) -> Callable:
             module = importlib.import_module(target)
         except ImportError as exc:
             raise WhetstoneError(
-                f"objective.reward function {spec!r}: cannot import module {target!r} ({exc}). Install it, or name "
+                f"{what} {spec!r}: cannot import module {target!r} ({exc}). Install it, or name "
                 f"a file instead: 'path/to/rewards.py:{name}'."
             ) from None
     function = getattr(module, name, None)
     if not callable(function):
-        raise WhetstoneError(f"objective.reward function {spec!r}: {target} has no function named {name!r}.")
+        raise WhetstoneError(f"{what} {spec!r}: {target} has no function named {name!r}.")
     return function
 
 
