@@ -1,4 +1,4 @@
-"""The `whetstone data check`, `clean`, `replay` and `show` verbs: parse, call, print.
+"""The `whetstone data check`, `clean`, `replay`, `show`, `synth` and `paraphrase` verbs: parse, call, print.
 
 Exit codes: 0 clean, 1 the data has errors, 2 a usage error (raised as
 ``WhetstoneError``, which the CLI prints without a traceback).
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from whetstone.data.check import check_file
@@ -16,15 +17,20 @@ from whetstone.data.dedup import DEFAULT_THRESHOLD
 from whetstone.data.formats import FORMATS, open_records
 from whetstone.data.replay import ReplayOptions
 from whetstone.data.show import DEFAULT_EXAMPLES, ShowOptions
+from whetstone.data.synth.grounding import THRESHOLD as GROUNDING_THRESHOLD
+from whetstone.data.synth.paraphrase import MAX_WORDINGS
+from whetstone.data.synth.synth import DEFAULT_WORDINGS, SynthOptions
 from whetstone.errors import WhetstoneError
 
 
 def add_parsers(data_subparsers) -> None:
-    """Register `check`, `clean`, `replay` and `show` under the `data` verb."""
+    """Register `check`, `clean`, `replay`, `show`, `synth` and `paraphrase` under the `data` verb."""
     _add_check(data_subparsers)
     _add_clean(data_subparsers)
     _add_replay(data_subparsers)
     _add_show(data_subparsers)
+    _add_synth(data_subparsers)
+    _add_paraphrase(data_subparsers)
 
 
 def _add_check(data_subparsers) -> None:
@@ -133,6 +139,61 @@ def _add_show(data_subparsers) -> None:
     p.add_argument("--json", action="store_true", help='one JSON object per example: {"record", "input_ids", '
                    '"labels"}, labels -100 where not supervised')
     p.set_defaults(func=run_show)
+
+
+def _add_teacher(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--teacher", metavar="M", help="the model that writes and rewords questions: an embedded name, a "
+                   "model directory or hub id, a run directory, or none (templates and extraction only); with "
+                   "--teacher-url, the model id to ask for (default: the first the endpoint lists). Default: the "
+                   "embedded model")
+    p.add_argument("--teacher-url", metavar="URL", help="an OpenAI-compatible endpoint's base URL, e.g. "
+                   "http://127.0.0.1:8000/v1 for `whetstone serve`")
+    p.add_argument("--teacher-key-env", metavar="NAME", help="the environment variable holding the endpoint's key "
+                   "(default OPENAI_API_KEY, sent only when set)")
+    p.add_argument("--wordings", type=int, metavar="N", help=f"wordings of each question, 1 to {MAX_WORDINGS} "
+                   f"(default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=SynthOptions.batch_size, metavar="B",
+                   help="conversations per teacher call (default %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT (data synth: and start again) if it exists")
+
+
+def _add_synth(data_subparsers) -> None:
+    """`data synth`: checked question-answer pairs from documents."""
+    p = data_subparsers.add_parser(
+        "synth",
+        help="write question-answer training data from documents, every answer checked against its source",
+        description="Cut DOCS into sections, find the facts they state (by rule and with a teacher model), keep the "
+        "pairs whose answer the section supports, write each in --wordings wordings as chat records with their "
+        "provenance, and check the result as `data check` does. Killed part-way, a rerun goes on from the last "
+        "finished chunk (docs/data.md).",
+    )
+    p.add_argument("docs", nargs="+", metavar="DOCS", help=".txt, .md, .html, manual pages (ls.1, ls.1.gz), .jsonl "
+                   "with a text field, or directories of them")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="a .jsonl file")
+    _add_teacher(p)
+    p.set_defaults(wordings=DEFAULT_WORDINGS)
+    p.add_argument("--eval", metavar="FILE", help="an eval file: report the pairs that overlap it")
+    p.add_argument("--text-field", default="text", metavar="F", help="the field of .jsonl records that holds the "
+                   "text (default %(default)s)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N chunks (a rerun with a larger N goes on)")
+    p.add_argument("--grounding", type=float, default=GROUNDING_THRESHOLD, metavar="T",
+                   help="the share of an answer's content words its section must contain (default %(default)s, "
+                   "measured: docs/data.md)")
+    p.set_defaults(func=run_synth)
+
+
+def _add_paraphrase(data_subparsers) -> None:
+    """`data paraphrase`: more wordings of the questions of Q&A data."""
+    p = data_subparsers.add_parser(
+        "paraphrase",
+        help="write every question of Q&A data in several wordings, answers unchanged",
+        description="For each single-turn chat record of IN, write the question and N-1 rewordings of it (the "
+        "teacher's, then template frames where it gives fewer), each with the same answer, to OUT (JSONL).",
+    )
+    p.add_argument("input", metavar="IN", help="chat data in any format `data check` reads")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="a .jsonl file")
+    _add_teacher(p)
+    p.set_defaults(wordings=DEFAULT_WORDINGS, func=run_paraphrase)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -261,4 +322,57 @@ def run_show(args: argparse.Namespace) -> int:
         print(first)
     for line in lines:
         print(line)
+    return 0
+
+
+def _check_teacher_args(args: argparse.Namespace) -> None:
+    from whetstone.data.synth.paraphrase import check_wordings
+
+    check_wordings(args.wordings)
+    if args.batch_size < 1:
+        raise WhetstoneError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    if args.teacher_key_env is not None and args.teacher_url is None:
+        raise WhetstoneError("--teacher-key-env names the key of --teacher-url; give the endpoint's URL too.")
+    if args.teacher == "none" and args.teacher_url is not None:
+        raise WhetstoneError("--teacher none asks for no teacher, --teacher-url for an endpoint; use one of the two.")
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from whetstone.data.synth.chunks import list_documents
+    from whetstone.data.synth.synth import synthesize
+    from whetstone.data.synth.teacher import load_teacher
+
+    _check_teacher_args(args)
+    if args.limit is not None and args.limit < 1:
+        raise WhetstoneError(f"--limit must be a number of chunks >= 1, got {args.limit}.")
+    if not 0.0 < args.grounding <= 1.0:
+        raise WhetstoneError(f"--grounding must be a share in (0, 1], got {args.grounding}; the default is "
+                             f"{GROUNDING_THRESHOLD}.")
+    if not args.output.endswith(".jsonl"):
+        raise WhetstoneError(f"data synth: write to a .jsonl file (-o OUT.jsonl), got {args.output}.")
+    list_documents(args.docs)  # a missing document is reported before a teacher loads
+    options = SynthOptions(wordings=args.wordings, threshold=args.grounding, text_field=args.text_field,
+                           batch_size=args.batch_size, limit=args.limit)
+    teacher = load_teacher(args.teacher, args.teacher_url, args.teacher_key_env, args.batch_size)
+    report = synthesize(args.docs, args.output, teacher, options, overwrite=args.overwrite)
+    print(report.render(args.output))
+    print()
+    check = check_file(args.output, eval_path=args.eval)
+    print(check.render())
+    return 1 if check.has_errors else 0
+
+
+def run_paraphrase(args: argparse.Namespace) -> int:
+    from whetstone.data.synth.paraphrase import paraphrase_file
+    from whetstone.data.synth.teacher import load_teacher
+
+    _check_teacher_args(args)
+    if not args.output.endswith(".jsonl"):
+        raise WhetstoneError(f"data paraphrase: write to a .jsonl file (-o OUT.jsonl), got {args.output}.")
+    if not os.path.isfile(args.input):
+        raise WhetstoneError(f"data paraphrase: {args.input} does not exist; give a file of Q&A records.")
+    teacher = load_teacher(args.teacher, args.teacher_url, args.teacher_key_env, args.batch_size)
+    report = paraphrase_file(args.input, args.output, args.wordings, teacher, overwrite=args.overwrite,
+                             batch_size=args.batch_size)
+    print(report.render(args.output))
     return 0
