@@ -2,7 +2,7 @@
 
     1. rollout    sample completions for `rollout_batch_size` prompts (grpo: `num_generations`
                   per prompt) with temperature / top-p, stopping at the template's end of turn
-    2. score      the weighted sum of the rewards (reward-model runs, Python functions: whetstone/rewards.py)
+    2. score      the weighted sum of the rewards (reward-model runs, Python functions: whetstone/rewards/)
     3. measure    log-probs under the sampling policy and the reference, values (ppo)
     4. advantage  ppo: per-token reward = -kl_coef * (log pi - log pi_ref), plus the score on the
                   last token; GAE over the values (Schulman et al. 2016)

@@ -26,10 +26,12 @@ from typing import Callable
 import numpy as np
 import torch
 from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
 
 from whetstone.config import ONLINE_OBJECTIVES, RunConfig, TrainConfig
 from whetstone.data.batches import StepPlan, example_lengths
 from whetstone.data.dataset import DataStats, load_splits, plan_mixture, summarize_preparation
+from whetstone.data.mixture import Mixture
 from whetstone.data.packing import sequence_tokens
 from whetstone.errors import WhetstoneError
 from whetstone.evaluate.final import final_evaluation
@@ -42,7 +44,7 @@ from whetstone.objectives.base import OnlineObjective, StepOutput
 from whetstone.rundir import RunDir
 from whetstone.train import distributed
 from whetstone.train.checkpoint import StopSignal, TrainState, latest_checkpoint, save_checkpoint
-from whetstone.train.device import (announce_precision, autocast_context, base_dtype, peak_memory_mb,
+from whetstone.train.device import (Precision, announce_precision, autocast_context, base_dtype, peak_memory_mb,
                                     precision_entries, resolve_device, resolve_precision)
 from whetstone.train.fast_path import resolve_fast_path
 from whetstone.train.resume import starting_point
@@ -271,9 +273,9 @@ class Setup:
     config: RunConfig
     run: RunDirectory
     device: torch.device
-    precision: object
+    precision: Precision
     dtype: torch.dtype
-    tokenizer: object
+    tokenizer: PreTrainedTokenizerBase
     model: torch.nn.Module
     base_path: str
     steps: object  # OfflineSteps, or an online objective's rounds
@@ -285,7 +287,7 @@ class Setup:
     total: int
     eval_records: list
     data_stats: DataStats | None = None
-    mixture: object = None
+    mixture: Mixture | None = None
 
 
 def _open_run(config: RunConfig | None, run_dir, resume: bool, overwrite: bool,
