@@ -52,6 +52,11 @@ class OnlineObjective:
     StepOutput, .evaluate() -> {eval_<name>: value}, .total_steps, .optimizer_steps, .restore(extra), .finish()."""
 
 
+OptimizerStep = Callable[[float, list[str]], tuple[float, float]]
+"""The loop's optimizer step, which an objective's step calls after its backward: (the loss, for the NaN guard;
+the records behind it) -> (gradient norm before clipping, learning rate)."""
+
+
 @dataclass
 class StepOutput:
     """One loop step, as the loop logs it: sums over the step's units, and entries logged as they are."""

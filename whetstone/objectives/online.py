@@ -26,7 +26,6 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -39,16 +38,13 @@ from whetstone.data.tool_parse import tool_call_format
 from whetstone.errors import WhetstoneError
 from whetstone.methods import is_adapter_model
 from whetstone.models.forward import logits_in_fp32, unwrap
-from whetstone.objectives.base import OnlineObjective, StepOutput
+from whetstone.objectives.base import OnlineObjective, OptimizerStep, StepOutput
 from whetstone.objectives.logprobs import Reference
 from whetstone.objectives.policy import (ADVANTAGES, AGGREGATIONS, RATIOS, AdaptiveKL, clipped_ratio_loss,
                                          clipped_value_loss, gae, k3_kl, overlong_penalty, ppo_token_rewards, whiten)
 from whetstone.objectives.tool_rollouts import policy_sampler, rollout_tensors, tool_rollout
 from whetstone.rewards import Reward, load_rewards, score_completions
 from whetstone.tools import Tool, load_tools
-
-OptimizerStep = Callable[[float, list[str]], tuple[float, float]]
-"""The loop's optimizer step: (the loss, for the NaN guard; the records behind it) -> (grad norm, learning rate)."""
 
 
 # ---------------------------------------------------------------------------

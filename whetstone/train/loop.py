@@ -40,7 +40,7 @@ from whetstone.methods import apply_method, count_parameters, is_adapter_model
 from whetstone.methods.lora import interpolate_toward_base
 from whetstone.models import load_model, load_tokenizer
 from whetstone.objectives import objective_for
-from whetstone.objectives.base import OnlineObjective, StepOutput
+from whetstone.objectives.base import OnlineObjective, OptimizerStep, StepOutput
 from whetstone.rundir import RunDir
 from whetstone.train import distributed
 from whetstone.train.checkpoint import StopSignal, TrainState, latest_checkpoint, save_checkpoint
@@ -190,9 +190,6 @@ class OfflineSteps:
 
     def finish(self) -> None:
         """Nothing to remove before saving."""
-
-
-OptimizerStep = Callable[[float, list[str]], tuple[float, float]]
 
 
 @dataclass
