@@ -162,13 +162,14 @@ PACKABLE = ("sft", "dpo")  # objectives whose sequences data.packing can share r
 
 @dataclass
 class ObjectiveConfig:
-    name: Literal["sft", "classify", "reward", "dpo", "kto", "ppo", "grpo"] = "sft"
+    name: Literal["sft", "classify", "reward", "dpo", "kto", "ppo", "grpo", "gkd"] = "sft"
     """Which loss: sft, classify (a new classification head), reward (Bradley-Terry reward model), dpo (and its
-    family, see `loss`), kto, ppo, grpo."""
+    family, see `loss`), kto, ppo, grpo, gkd (on-policy distillation from a teacher)."""
     loss: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"] = "sigmoid"
     """dpo: sigmoid (DPO; cDPO with label_smoothing), ipo, hinge (SLiC); reference-free simpo, orpo."""
-    beta: float = 0.1
-    """dpo/kto: inverse temperature of the implicit reward beta * log(pi / pi_ref); orpo: weight of the odds-ratio term."""
+    beta: float | None = None
+    """dpo/kto: inverse temperature of the implicit reward beta * log(pi / pi_ref); orpo: weight of the odds-ratio term;
+    gkd: the generalised JSD's interpolation, 0 forward KL (teacher || student) .. 1 reverse KL. null: 0.1, gkd 0.5."""
     label_smoothing: float = 0.0
     """dpo sigmoid: assumed probability that a preference label is flipped (cDPO); 0 is plain DPO."""
     margin: float = 0.0
@@ -218,11 +219,12 @@ class ObjectiveConfig:
     num_generations: int = 4
     """grpo: completions sampled per prompt (the group whose rewards are normalised)."""
     temperature: float = 1.0
-    """ppo/grpo: sampling temperature of the rollouts."""
+    """ppo/grpo: sampling temperature of the rollouts; gkd: of the student's samples and of both models' logits in
+    the divergence."""
     top_p: float = 1.0
     """ppo/grpo: nucleus sampling; 1.0 samples from the whole distribution."""
     max_new_tokens: int = 64
-    """ppo/grpo: longest completion; generation also stops at EOS."""
+    """ppo/grpo/gkd: longest completion (gkd: the dataset's answers are cut there too); generation stops at EOS."""
     rollout_batch_size: int = 8
     """ppo/grpo: prompts sampled per round (grpo samples num_generations completions for each)."""
     variant: Literal["grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp"] = "grpo"
@@ -263,6 +265,17 @@ class ObjectiveConfig:
     tool_timeout: float = 5.0
     """ppo/grpo with tools: seconds one call may run before it is stopped (the model reads an error)."""
 
+    teacher: str | None = None
+    """gkd: the teacher model, a hub id, a directory, a run directory or the embedded 'smollm2-135m-instruct'; it
+    must share the student's tokenizer."""
+    lmbda: float = 0.5
+    """gkd: the share of steps trained on the student's own samples; the others use the dataset's answers (0 is
+    supervised distillation on the data, 1 fully on-policy)."""
+
+    def __post_init__(self):
+        if self.beta is None:  # one field, two meanings: each objective's usual value
+            self.beta = 0.5 if self.name == "gkd" else 0.1
+
     def policy_knobs(self) -> PolicyKnobs:
         """The update's knobs: grpo's from its variant with the explicit ones over them; ppo's are fixed."""
         if self.name == "ppo":
@@ -279,8 +292,12 @@ class ObjectiveConfig:
     def validate(self) -> list[str]:
         problems = []
         name = self.name
-        if self.beta <= 0:
+        if name == "gkd":
+            problems += self._validate_gkd()
+        elif self.beta <= 0:
             problems.append(f"objective.beta: got {self.beta}; must be positive (0.1 is the usual DPO value).")
+        if name != "gkd" and (self.teacher is not None or self.lmbda != 0.5):
+            problems.append(f"objective.teacher and objective.lmbda are for objective: gkd, not '{name}'; remove them.")
         if not 0.0 <= self.label_smoothing < 0.5:
             problems.append(f"objective.label_smoothing: got {self.label_smoothing}; must be in [0, 0.5).")
         if self.label_smoothing and self.loss != "sigmoid":
@@ -305,6 +322,24 @@ class ObjectiveConfig:
             if self.tools:
                 problems.append(f"objective.tools is set, but objective '{name}' does not use it; tool calls run in "
                                 f"the rollouts of ppo and grpo.")
+        return problems
+
+    def _validate_gkd(self) -> list[str]:
+        problems = []
+        if not self.teacher:
+            problems.append("objective.teacher: gkd needs a teacher to distil from, e.g. teacher: runs/translation "
+                            "(a run), a hub id or a model directory with the student's tokenizer.")
+        if not 0.0 <= self.beta <= 1.0:
+            problems.append(f"objective.beta: got {self.beta}; gkd's JSD interpolation must be in [0, 1] (0 forward "
+                            f"KL, 1 reverse KL, 0.5 the usual).")
+        if not 0.0 <= self.lmbda <= 1.0:
+            problems.append(f"objective.lmbda: got {self.lmbda}; it is the share of on-policy steps, in [0, 1].")
+        if self.temperature <= 0:
+            problems.append(f"objective.temperature: got {self.temperature}; must be > 0.")
+        if not 0.0 < self.top_p <= 1.0:
+            problems.append(f"objective.top_p: got {self.top_p}; must be in (0, 1].")
+        if self.max_new_tokens < 1:
+            problems.append(f"objective.max_new_tokens: got {self.max_new_tokens}; must be a positive integer.")
         return problems
 
     def _validate_classify(self) -> list[str]:
@@ -849,7 +884,7 @@ def sharding_problems(config: RunConfig, strategy: str) -> list[str]:
     if config.method.name == "qlora":
         problems.append(f"method: qlora with train.strategy {strategy}: 4-bit bitsandbytes weights cannot be sharded "
                         f"here; use method lora with train.strategy {strategy}, or qlora with train.strategy ddp.")
-    if config.objective.name in ONLINE_OBJECTIVES:
+    if config.objective.name in (*ONLINE_OBJECTIVES, "gkd"):
         problems.append(f"objective: {config.objective.name} generates its own data in its own loop, which runs "
                         f"with ddp only; set train.strategy: ddp (or auto).")
     if config.data.replay is not None and config.data.replay.distill:

@@ -4,7 +4,8 @@ An objective's loss returns a SUM over its units (tokens for SFT, pairs for the
 reward model and DPO, examples for KTO). The training loop divides by the units
 of the whole optimizer step, so gradient accumulation and multiple processes give
 the same update as one big batch. The online objectives (ppo, grpo: online.py, with
-their losses in policy.py) generate their own data; the same loop drives them.
+their losses in policy.py) and gkd (distill.py: on-policy distillation) generate their own data; the same
+loop drives them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from whetstone.data.packing import row_capacity
 from whetstone.objectives.base import LossOutput, Objective, OnlineObjective
 from whetstone.objectives.classify import CLASSIFY
+from whetstone.objectives.distill import GKD
 from whetstone.objectives.kto import KTO
 from whetstone.objectives.online import GRPO, PPO
 from whetstone.objectives.preference import DPO, packed_dpo, shared_prompt_dpo
@@ -28,6 +30,7 @@ OBJECTIVES: dict[str, Objective | OnlineObjective] = {
     "kto": KTO,
     "ppo": PPO,
     "grpo": GRPO,
+    "gkd": GKD,
 }
 
 # data.packing: the objective with its sequences packed into rows of at most a capacity of tokens, None: one row
