@@ -30,9 +30,9 @@ from whetstone.data.render import IGNORE
 from whetstone.errors import WhetstoneError
 from whetstone.models.forward import logits_in_fp32, unwrap
 from whetstone.models.inference import load_for_inference
-from whetstone.objectives.base import OnlineObjective, StepOutput
+from whetstone.objectives.base import OnlineObjective, OptimizerStep, StepOutput
 from whetstone.objectives.logprobs import render_completion
-from whetstone.objectives.online import OptimizerStep, Prompt, PromptSets, Rollout, prepare_prompts, sample_completions
+from whetstone.objectives.online import Prompt, PromptSets, Rollout, prepare_prompts, sample_completions
 from whetstone.rundir import RunDir
 
 # ---------------------------------------------------------------------------
