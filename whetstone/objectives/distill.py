@@ -28,11 +28,12 @@ from whetstone.data.batches import epoch_order
 from whetstone.data.records import Message
 from whetstone.data.render import IGNORE
 from whetstone.errors import WhetstoneError
-from whetstone.models.forward import logits_in_fp32, unwrap
+from whetstone.models.forward import unwrap
 from whetstone.models.inference import load_for_inference
 from whetstone.objectives.base import OnlineObjective, OptimizerStep, StepOutput
 from whetstone.objectives.logprobs import render_completion
-from whetstone.objectives.online import Prompt, PromptSets, Rollout, prepare_prompts, sample_completions
+from whetstone.objectives.online import (Prompt, PromptSets, Rollout, completion_states, prepare_prompts,
+                                         sample_completions)
 from whetstone.rundir import RunDir
 
 # ---------------------------------------------------------------------------
@@ -106,18 +107,6 @@ def answer_rollout(references: list[Answer], pad_id: int, device) -> Rollout:
         mask[row, :a] = 1
     return Rollout(input_ids.to(device), attention_mask.to(device), mask.to(device), width, [],
                    [r.prompt for r in references])
-
-
-def completion_logits(model, rollout: Rollout) -> torch.Tensor:
-    """Logits (N, L, V) at the positions that predict each completion token, in fp32."""
-    lm = unwrap(model)
-    position_ids = (rollout.attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # as generate numbers left-padded rows
-    hidden = lm.get_decoder()(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
-                              position_ids=position_ids, use_cache=False).last_hidden_state  # (N, P+L, H)
-    hidden = hidden[:, rollout.n_prompt - 1 : -1]  # (N, L, H): position t predicts completion token t
-    logits = logits_in_fp32(lm.get_output_embeddings(), hidden)  # (N, L, V)
-    softcap = getattr(lm.config, "final_logit_softcapping", None)
-    return torch.tanh(logits / softcap) * softcap if softcap else logits
 
 
 # ---------------------------------------------------------------------------
@@ -221,9 +210,9 @@ class DistillRun:
         """Per-token JSD (N, L) of the student to the teacher on the rollout's completions (student has grad)."""
         obj = self.config.objective
         with self.autocast():
-            student = completion_logits(self.model, rollout)[..., : self.vocab]  # (N, L, V)
+            student = completion_states(self.model, rollout)[1][..., : self.vocab]  # (N, L, V)
             with torch.no_grad():
-                teacher = completion_logits(self.teacher, rollout)[..., : self.vocab]  # (N, L, V)
+                teacher = completion_states(self.teacher, rollout)[1][..., : self.vocab]  # (N, L, V)
         return generalized_jsd(student, teacher, rollout.mask, obj.beta, obj.temperature)
 
     @torch.no_grad()
@@ -238,7 +227,7 @@ class DistillRun:
                                      self.tokenizer.pad_token_id, self.device)
             jsd_sum += float(self.divergence(rollout).sum())
             with self.autocast():
-                logps = torch.log_softmax(completion_logits(self.model, rollout), dim=-1)  # (N, L, V)
+                logps = torch.log_softmax(completion_states(self.model, rollout)[1], dim=-1)  # (N, L, V)
             answer = rollout.completion_ids.clamp(max=logps.shape[-1] - 1)
             nll_sum -= float((logps.gather(-1, answer[..., None]).squeeze(-1) * rollout.mask).sum())
             tokens += float(rollout.mask.sum())

@@ -177,12 +177,8 @@ def sample_completions(model, tokenizer, prompts: list[Prompt], cfg, device) -> 
     return Rollout(input_ids, attention_mask, mask, width, [t.strip() for t in texts], list(prompts))
 
 
-def completion_forward(model, rollout: Rollout, temperature: float, value_head=None):
-    """Per-token (log-probs (N, L), entropies (N, L), values (N, L) or None) of the completions.
-
-    Log-probs are of logits / temperature: the distribution the tokens were sampled from.
-    Everything is 0 after a completion's end, so no ratio taken there can overflow.
-    """
+def completion_states(model, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden states (N, L, H), fp32 logits (N, L, V)) at the positions that predict each completion token."""
     lm = unwrap(model)
     position_ids = (rollout.attention_mask.cumsum(dim=1) - 1).clamp(min=0)  # as generate numbers left-padded rows
     hidden = lm.get_decoder()(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask,
@@ -192,6 +188,16 @@ def completion_forward(model, rollout: Rollout, temperature: float, value_head=N
     softcap = getattr(lm.config, "final_logit_softcapping", None)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
+    return hidden, logits
+
+
+def completion_forward(model, rollout: Rollout, temperature: float, value_head=None):
+    """Per-token (log-probs (N, L), entropies (N, L), values (N, L) or None) of the completions.
+
+    Log-probs are of logits / temperature: the distribution the tokens were sampled from.
+    Everything is 0 after a completion's end, so no ratio taken there can overflow.
+    """
+    hidden, logits = completion_states(model, rollout)
     all_logps = torch.log_softmax(logits / temperature, dim=-1)
     logps = all_logps.gather(-1, rollout.completion_ids[..., None]).squeeze(-1) * rollout.mask  # (N, L)
     entropy = -(all_logps.exp() * all_logps).sum(dim=-1) * rollout.mask  # (N, L)
