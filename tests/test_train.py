@@ -142,3 +142,20 @@ def test_sigint_writes_a_checkpoint_and_resume_finishes(tmp_path, tiny_model_dir
     step = int((run / "checkpoints" / "latest").read_text().removeprefix("step-"))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["stopped_early"] and summary["steps"] == step >= 1
+
+
+def test_max_minutes_stops_at_the_budget_and_finishes_the_run(tmp_path, tiny_model_dir, qa_file):
+    # a budget smaller than any step: the first step reaches it, and the run ends as at its last step
+    config = tiny_config(tiny_model_dir, qa_file, "train.max_steps=50", "train.max_minutes=1e-9",
+                         f"data.eval={qa_file}", "eval.every=100")
+    summary = train(config, tmp_path / "run", progress=False)
+    assert summary["steps"] == 1 and summary["total_steps"] == 50
+    assert summary["time_budget_reached"] is True and summary["stopped_early"] is False
+    assert summary["eval_loss"] > 0  # the final evaluation ran
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()  # and the weights were saved
+    # without a budget, the same config runs to max_steps and says the budget was not what stopped it
+    config = tiny_config(tiny_model_dir, qa_file, "train.max_steps=2")
+    summary = train(config, tmp_path / "full", progress=False)
+    assert summary["steps"] == 2 and summary["time_budget_reached"] is False
+    with pytest.raises(WhetstoneError, match="train.max_minutes: got 0.0; must be positive"):
+        tiny_config(tiny_model_dir, qa_file, "train.max_minutes=0")

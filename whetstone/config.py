@@ -227,6 +227,9 @@ class ObjectiveConfig:
     """ppo/grpo/gkd: longest completion (gkd: the dataset's answers are cut there too); generation stops at EOS."""
     rollout_batch_size: int = 8
     """ppo/grpo: prompts sampled per round (grpo samples num_generations completions for each)."""
+    eval_batch_size: int | None = None
+    """ppo/grpo: held-out prompts sampled together in an evaluation (one completion each); null: rollout_batch_size.
+    Larger is faster (a CPU's matrix products run far below peak on a few rows); eval.max_batches counts these."""
     variant: Literal["grpo", "dr_grpo", "dapo", "gspo", "rloo", "reinforce_pp"] = "grpo"
     """grpo: a named preset of the knobs below (GRPO_VARIANTS, docs/preferences.md "GRPO variants"): grpo, dr_grpo
     (Dr. GRPO), dapo (DAPO), gspo (GSPO), rloo (RLOO), reinforce_pp (REINFORCE++). A knob set here overrides it."""
@@ -264,6 +267,12 @@ class ObjectiveConfig:
     """ppo/grpo with tools: the most tool calls one completion may make; later calls stay text."""
     tool_timeout: float = 5.0
     """ppo/grpo with tools: seconds one call may run before it is stopped (the model reads an error)."""
+    engine: Literal["hf", "vllm"] = "hf"
+    """ppo/grpo: what samples the rollouts, hf (the policy itself, generate with a KV cache, any device) or vllm (a
+    vLLM copy of the policy on the same CUDA GPU, its weights synced after each update: objectives/vllm_engine.py)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """ppo/grpo with engine vllm: the share of the GPU's memory vLLM may take for its copy of the weights and its KV
+    cache; the policy, its optimizer and the reference live in the rest."""
 
     teacher: str | None = None
     """gkd: the teacher model, a hub id, a directory, a run directory or the embedded 'smollm2-135m-instruct'; it
@@ -313,6 +322,7 @@ class ObjectiveConfig:
             if getattr(self, key) <= 0:
                 problems.append(f"objective.{key}: got {getattr(self, key)}; must be positive.")
         problems += self._validate_classify()
+        problems += self._validate_engine()
         if name in ONLINE_OBJECTIVES:
             problems += self._validate_online()
         else:
@@ -368,6 +378,22 @@ class ObjectiveConfig:
                 )
         return problems
 
+    def _validate_engine(self) -> list[str]:
+        """objective.engine: vllm samples ppo and grpo rollouts only; its memory share is for it alone."""
+        if self.engine == "hf":
+            if self.vllm_gpu_memory_utilization != 0.3:
+                return ["objective.vllm_gpu_memory_utilization is set, but objective.engine is 'hf'; it is for "
+                        "objective.engine: vllm."]
+            return []
+        problems = []
+        if self.name not in ONLINE_OBJECTIVES:
+            problems.append(f"objective.engine: vllm samples the rollouts of ppo and grpo, and objective '{self.name}' "
+                            f"has none; set objective.engine: hf (the default).")
+        if not 0.0 < self.vllm_gpu_memory_utilization < 1.0:
+            problems.append(f"objective.vllm_gpu_memory_utilization: got {self.vllm_gpu_memory_utilization}; it is a "
+                            f"share of the GPU's memory, in (0, 1), e.g. 0.3.")
+        return problems
+
     def _validate_online(self) -> list[str]:
         problems = []
         if not self.reward:
@@ -400,8 +426,8 @@ class ObjectiveConfig:
             problems.append(f"objective.clip_range: got {self.clip_range}; must be in (0, 1), e.g. 0.2.")
         if self.value_clip <= 0 or self.vf_coef < 0:
             problems.append("objective.value_clip must be positive and objective.vf_coef 0 or more.")
-        for key in ("ppo_epochs", "max_new_tokens", "rollout_batch_size"):
-            if getattr(self, key) < 1:
+        for key in ("ppo_epochs", "max_new_tokens", "rollout_batch_size", "eval_batch_size"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 problems.append(f"objective.{key}: got {getattr(self, key)}; must be a positive integer.")
         if self.name == "grpo" and self.num_generations < 2:
             problems.append(
@@ -576,6 +602,10 @@ class TrainConfig:
     """Passes over the training data (ignored when max_steps is set)."""
     max_steps: int | None = None
     """Optimizer steps to run; overrides epochs."""
+    max_minutes: float | None = None
+    """A training-time budget: stop at the end of the step that brings the time spent in training steps to this
+    many minutes (loading, evaluations and saving do not count), then finish as at the last step (the final
+    evaluation, the weights). max_steps (or epochs) still sets the schedule and the longest run."""
     batch_size: int = 8
     """Examples per micro-batch (per process)."""
     grad_accum: int = 1
@@ -643,6 +673,9 @@ class TrainConfig:
                             f"train.grad_accum ({self.grad_accum}).")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append(f"train.max_steps: got {self.max_steps}; must be positive, or null to use train.epochs.")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            problems.append(f"train.max_minutes: got {self.max_minutes}; must be positive, or null for no time "
+                            f"budget.")
         if self.max_steps is None and self.epochs <= 0:
             problems.append(f"train.epochs: got {self.epochs}; must be positive.")
         if self.lr <= 0:
@@ -709,6 +742,9 @@ class EvalConfig:
     """loss (and perplexity) runs during training; exact_match, chrf, bleu, rouge, accuracy, macro_f1 at the end."""
     max_batches: int | None = None
     """Cap on eval batches per evaluation, to keep mid-run evals cheap."""
+    before: bool = True
+    """ppo, grpo, gkd: evaluate the held-out set before the first step too (step 0 of metrics.jsonl, the
+    summary's *_before). false skips it: for runs whose "before" is another run's, the same base and seed."""
     final_limit: int | None = 200
     """End-of-training generation metrics use the first N eval records; null uses them all."""
     max_new_tokens: int = 128
@@ -870,6 +906,12 @@ class RunConfig:
                             "needs a custom attention mask, which flash-attention cannot read; set "
                             "objective.share_prompt: false (packing still applies, as one padding-free row per "
                             "micro-batch), or use attn_implementation sdpa.")
+        if self.objective.engine == "vllm" and self.train.device in ("cpu", "mps"):
+            problems.append(f"objective.engine: vllm runs on a CUDA GPU, but train.device is '{self.train.device}'; "
+                            f"set objective.engine: hf (the default), which samples with the policy on any device.")
+        if self.objective.engine == "vllm" and self.method.name == "qlora":
+            problems.append("objective.engine: vllm with method qlora: the 4-bit base cannot be synced into vLLM's "
+                            "copy of the weights; use method lora (a bf16 base), or objective.engine: hf.")
         if self.train.strategy in ("fsdp", "deepspeed") or self.train.deepspeed is not None:
             problems += sharding_problems(self, "deepspeed" if self.train.deepspeed else self.train.strategy)
         return problems

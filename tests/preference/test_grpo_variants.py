@@ -359,3 +359,43 @@ def test_each_variant_trains_a_few_rounds(tmp_path, tiny_model_dir, variant):
             assert math.isfinite(row[key]), (variant, key, row)
         assert ("kl_loss" in row) == (variant not in ("rloo", "reinforce_pp"))  # those put the KL in the reward
         assert ("groups_dropped" in row) == (variant == "dapo") and ("reward/overlong" in row) == (variant == "dapo")
+
+
+def test_rounds_log_the_tokens_they_sampled_and_the_rate(tmp_path, tiny_model_dir):
+    reward, _ = _scripted(tmp_path, ["apple"])
+    config = _variant_config(tmp_path, tiny_model_dir, reward, "train.max_steps=2", eval_fraction=0.0)
+    train(config, tmp_path / "run", progress=False)
+    rows = [r for r in read_metrics(tmp_path / "run") if r["step"] >= 1]
+    for row in rows:  # 4 prompts x 4 completions, each of response_length tokens on average
+        assert row["sampled_tokens"] == pytest.approx(16 * row["response_length"], abs=0.01)
+        assert row["rollout_tokens_per_s"] == pytest.approx(row["sampled_tokens"] / row["rollout_s"], rel=0.01)
+    # dynamic sampling counts the tokens of every pass, the dropped groups' too
+    reward, calls = _scripted(tmp_path, ["?"])  # every group agrees: two passes of 16, nothing kept
+    config = _variant_config(tmp_path, tiny_model_dir, reward, "objective.variant=dapo", "train.max_steps=1",
+                             "objective.max_sampling_rounds=2", "objective.kl_coef=0", eval_fraction=0.0)
+    train(config, tmp_path / "dapo", progress=False)
+    (row,) = [r for r in read_metrics(tmp_path / "dapo") if r["step"] == 1]
+    assert row["update_skipped"] is True and 32 <= row["sampled_tokens"] <= 32 * 6  # 1 to 6 tokens per completion
+
+
+def test_eval_batch_size_sets_how_many_held_out_prompts_sample_together(tmp_path, tiny_model_dir, monkeypatch):
+    from whetstone.objectives import online
+
+    sizes, sample = [], online.sample_rollout
+
+    def spy(model, tokenizer, prompts, *args, **kwargs):
+        sizes.append(len(prompts))
+        return sample(model, tokenizer, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(online, "sample_rollout", spy)
+    reward, _ = _scripted(tmp_path, ["apple"])  # 32 prompts, a quarter (8) held out
+    config = _variant_config(tmp_path, tiny_model_dir, reward, "train.max_steps=1", "objective.eval_batch_size=5")
+    train(config, tmp_path / "run", progress=False)
+    # before and after training: 8 held-out prompts in chunks of 5; the round samples its 16 in between
+    assert sizes == [5, 3, 16, 5, 3]
+    sizes.clear()
+    config = _variant_config(tmp_path, tiny_model_dir, reward, "train.max_steps=1", "eval.max_batches=1")
+    train(config, tmp_path / "default", progress=False)
+    assert sizes == [4, 16, 4]  # unset: rollout_batch_size, and eval.max_batches counts those chunks
+    with pytest.raises(WhetstoneError, match="objective.eval_batch_size: got 0; must be a positive integer"):
+        _variant_config(tmp_path, tiny_model_dir, reward, "objective.eval_batch_size=0")

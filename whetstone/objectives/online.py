@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -42,7 +43,8 @@ from whetstone.objectives.base import OnlineObjective, OptimizerStep, StepOutput
 from whetstone.objectives.logprobs import Reference
 from whetstone.objectives.policy import (ADVANTAGES, AGGREGATIONS, RATIOS, AdaptiveKL, clipped_ratio_loss,
                                          clipped_value_loss, gae, k3_kl, overlong_penalty, ppo_token_rewards, whiten)
-from whetstone.objectives.tool_rollouts import policy_sampler, rollout_tensors, tool_rollout
+from whetstone.objectives.tool_rollouts import Generate, Turns, policy_sampler, rollout_tensors, tool_rollout
+from whetstone.objectives.vllm_engine import VLLMEngine, require_vllm
 from whetstone.rewards import Reward, load_rewards, score_completions
 from whetstone.tools import Tool, load_tools
 
@@ -98,6 +100,8 @@ class PromptSets:
 def prepare_prompts(train_records: list[Record], eval_records: list[Record], tokenizer,
                     config: RunConfig) -> PromptSets:
     """The run's prompts, rendered; a prompt leaves objective.max_new_tokens of data.max_length for its answer."""
+    if config.objective.engine == "vllm":
+        require_vllm()  # before the model loads
     max_prompt = config.data.max_length - config.objective.max_new_tokens
     tools = load_tools(config.objective.tools)
     if tools and tool_call_format(tokenizer) is None:
@@ -205,20 +209,26 @@ def completion_forward(model, rollout: Rollout, temperature: float, value_head=N
     return logps, entropy, values
 
 
-def sample_rollout(model, tokenizer, prompts: list[Prompt], cfg, device, tools: dict[str, Tool] | None) -> Rollout:
-    """One sampled completion per prompt: `sample_completions`, or with tools, completions that may call them
-    (objectives/tool_rollouts.py: the tool results are in the completion with mask 0)."""
-    if not tools:
+def sample_rollout(model, tokenizer, prompts: list[Prompt], cfg, device, tools: dict[str, Tool] | None,
+                   generate: Generate | None = None) -> Rollout:
+    """One sampled completion per prompt: `sample_completions`; or built from lists of new token ids, with tools
+    completions that may call them (objectives/tool_rollouts.py: the tool results are in the completion with
+    mask 0), and with `generate` (the vLLM engine, objective.engine vllm) its samples."""
+    if not tools and generate is None:
         return sample_completions(model, tokenizer, prompts, cfg, device)
-    generate = policy_sampler(model, tokenizer, cfg.temperature, cfg.top_p, device)
-    turns = tool_rollout([(p.ids, [{"role": m.role, "content": m.content} for m in p.messages]) for p in prompts],
-                         generate, tokenizer, tools, cfg.max_new_tokens, cfg.max_tool_calls, cfg.tool_timeout)
+    generate = generate or policy_sampler(model, tokenizer, cfg.temperature, cfg.top_p, device)
+    if tools:
+        turns = tool_rollout([(p.ids, [{"role": m.role, "content": m.content} for m in p.messages]) for p in prompts],
+                             generate, tokenizer, tools, cfg.max_new_tokens, cfg.max_tool_calls, cfg.tool_timeout)
+    else:
+        turns = [Turns([], [(new[: cfg.max_new_tokens], True)])
+                 for new in generate([p.ids for p in prompts], cfg.max_new_tokens)]
     t = rollout_tensors([p.ids for p in prompts], turns, tokenizer.pad_token_id, device)
     # The rewards score the final answer: the last tokens the policy wrote.
     answers = [next((ids for ids, sampled in reversed(turn.segments) if sampled), []) for turn in turns]
     texts = [text.strip() for text in tokenizer.batch_decode(answers, skip_special_tokens=True)]
     return Rollout(t["input_ids"], t["attention_mask"], t["mask"], t["n_prompt"], texts, list(prompts),
-                   tool_calls=[turn.calls for turn in turns])
+                   tool_calls=[turn.calls for turn in turns] if tools else None)
 
 
 def reference_logprobs(reference: Reference, model, rollout: Rollout, temperature: float) -> torch.Tensor:
@@ -271,6 +281,10 @@ class OnlineRun:
         self.kl = AdaptiveKL(obj.kl_coef, obj.kl_target, obj.kl_horizon)
         self.knobs = obj.policy_knobs()
         self.can_evaluate = bool(prompts.eval)
+        # objective.engine vllm: a vLLM copy of the policy samples; `engine_stale` says the policy has changed
+        # since its last sync (the weights a resume loaded, an update, the interpolation after the last round).
+        self.engine = VLLMEngine.for_run(model, config, tokenizer, autocast) if obj.engine == "vllm" else None
+        self.engine_stale = True
 
     def describe(self) -> str:
         p = self.prompts
@@ -278,8 +292,19 @@ class OnlineRun:
                 f"{len(p.eval)} eval prompts")
 
     def restore(self, extra: dict) -> None:
-        """Resume: the adaptive KL coefficient as the checkpoint left it."""
+        """Resume: the adaptive KL coefficient as the checkpoint left it (and the weights it loaded, for vLLM)."""
         self.kl.value = extra.get("kl_coef", self.kl.value)
+        self.engine_stale = True
+
+    def sampler(self, seed: int | None = None) -> Generate | None:
+        """The vLLM engine's `Generate`, synced to the policy first if the policy has changed since; None with
+        objective.engine hf, where the policy samples itself. `seed`: VLLMEngine.generate's."""
+        if self.engine is None:
+            return None
+        if self.engine_stale:
+            self.engine.sync(self.model)
+            self.engine_stale = False
+        return functools.partial(self.engine.generate, seed=seed)
 
     def step(self, index: int, optimizer_step: OptimizerStep) -> StepOutput:
         """Round `index`: rollout, score, measure, advantages, update."""
@@ -290,7 +315,10 @@ class OnlineRun:
         order = epoch_order(len(self.prompts.train), cfg.seed, epoch)
         chosen = [self.prompts.train[j] for j in order[i * obj.rollout_batch_size : (i + 1) * obj.rollout_batch_size]]
         # 2. score (dynamic sampling: of every sampling pass, keeping the groups whose rewards differ)
+        t_sample = time.perf_counter()
         rollout, sampling = self.sample_groups(chosen, index)
+        sampling["rollout_s"] = round(time.perf_counter() - t_sample, 3)
+        sampling["rollout_tokens_per_s"] = round(sampling["sampled_tokens"] / max(sampling["rollout_s"], 1e-9), 2)
         if rollout is None:  # every group's rewards agreed in every pass: nothing to learn from this round
             return StepOutput(loss_sum=0.0, units=0, tokens=0, tokens_read=0, supervised_tokens=0, lr=0.0,
                               entries={**sampling, "update_skipped": True}, extra={"kl_coef": self.kl.value},
@@ -316,6 +344,7 @@ class OnlineRun:
         # 5. update
         update = ppo_update(self.model, rollout, obj, cfg, self.value_head, self.autocast, index, optimizer_step,
                             self.knobs)
+        self.engine_stale = True  # vLLM syncs before it next samples
         if self.is_ppo and obj.adaptive_kl:
             self.kl.update(float(kl_tokens.sum(dim=1).mean()), len(batch_prompts))
         tokens = int(rollout.attention_mask.sum())
@@ -339,8 +368,10 @@ class OnlineRun:
         """num_generations completions of each prompt (adjacent rows), scored; DAPO's overlong penalty added."""
         obj = self.config.objective
         batch_prompts = [p for p in chosen for _ in range(self.group)]  # grpo: each prompt G times, adjacent
+        generate = self.sampler()  # outside autocast: a sync merges adapters in their own precision
         with self.autocast():
-            rollout = sample_rollout(self.model, self.tokenizer, batch_prompts, obj, self.device, self.prompts.tools)
+            rollout = sample_rollout(self.model, self.tokenizer, batch_prompts, obj, self.device, self.prompts.tools,
+                                     generate)
         scores, parts = score_completions(self.rewards, [p.messages for p in batch_prompts], rollout.texts,
                                           [p.reference for p in batch_prompts])
         rollout.scores = torch.tensor(scores, dtype=torch.float32, device=self.device)
@@ -357,12 +388,14 @@ class OnlineRun:
         as groups are missing, until rollout_batch_size groups are kept or max_sampling_rounds passes ran. The
         extra prompts are fixed by (seed, round, pass). None when no group was kept."""
         rollout = self.sample_and_score(chosen)
+        sampled = int(rollout.mask.sum())  # completion tokens the policy sampled, in every pass
         if not self.knobs.dynamic_sampling:
-            return rollout, {}
+            return rollout, {"sampled_tokens": sampled}
         wanted = self.config.objective.rollout_batch_size
         kept, dropped, passes = [], 0, 0
         while True:
             passes += 1
+            sampled += int(rollout.mask.sum()) if passes > 1 else 0
             grouped = rollout.scores.view(-1, self.group)  # (prompts, G)
             differ = (grouped != grouped[:, :1]).any(dim=1).tolist()
             dropped += differ.count(False)
@@ -372,22 +405,24 @@ class OnlineRun:
                 break
             order = epoch_order(len(self.prompts.train), self.config.train.seed * 1_000_003 + index, passes)
             rollout = self.sample_and_score([self.prompts.train[j] for j in order[: wanted - have]])
-        entries = {"groups_dropped": dropped, "sampling_rounds": passes}
+        entries = {"groups_dropped": dropped, "sampling_rounds": passes, "sampled_tokens": sampled}
         kept = [r for r in kept if r.prompts]
         if not kept:
             return None, entries
         return concat_rollouts(kept, self.tokenizer.pad_token_id), entries
 
     def evaluate(self) -> dict:
+        seed = self.config.train.seed
         results = evaluate_policy(self.model, self.tokenizer, self.prompts.eval, self.rewards, self.reference,
-                                  self.config.objective, self.device, self.autocast, self.config.train.seed,
-                                  self.config.eval.max_batches, self.prompts.tools)
+                                  self.config.objective, self.device, self.autocast, seed,
+                                  self.config.eval.max_batches, self.prompts.tools, self.sampler(seed + 7919))
         return {f"eval_{k}": round(v, 6) for k, v in results.items()}
 
     def finish(self) -> None:
         """Before the weights are saved: the policy is the product; the value head was scaffolding."""
         if self.value_head is not None:
             del unwrap(self.model).v_head
+        self.engine_stale = True  # the loop may still move the weights (method.interpolate) and evaluate
 
 
 def setup_online(model, config: RunConfig, prompts: PromptSets, tokenizer, device, autocast) -> OnlineRun:
@@ -478,22 +513,24 @@ def ppo_update(model, rollout: Rollout, obj, cfg, value_head, autocast, round_in
 @torch.no_grad()
 def evaluate_policy(model, tokenizer, prompts: list[Prompt], rewards: list[Reward], reference: Reference | None,
                     obj, device, autocast=contextlib.nullcontext, seed: int = 0,
-                    max_batches: int | None = None, tools: dict[str, Tool] | None = None) -> dict[str, float]:
+                    max_batches: int | None = None, tools: dict[str, Tool] | None = None,
+                    generate: Generate | None = None) -> dict[str, float]:
     """Mean reward, KL to the reference (nats per completion) and length of one sample per held-out prompt.
 
     Sampling uses a fixed seed (and leaves the training RNG untouched), so evaluations
-    before and after training draw comparable samples.
+    before and after training draw comparable samples. `generate`: the vLLM engine's, seeded likewise.
     """
     totals: dict[str, float] = {}
     count = 0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed + 7919)
-        for n, start in enumerate(range(0, len(prompts), obj.rollout_batch_size)):
+        size = obj.eval_batch_size or obj.rollout_batch_size
+        for n, start in enumerate(range(0, len(prompts), size)):
             if max_batches is not None and n >= max_batches:
                 break
-            chunk = prompts[start : start + obj.rollout_batch_size]
+            chunk = prompts[start : start + size]
             with autocast():
-                rollout = sample_rollout(model, tokenizer, chunk, obj, device, tools)
+                rollout = sample_rollout(model, tokenizer, chunk, obj, device, tools, generate)
             scores, parts = score_completions(rewards, [p.messages for p in chunk], rollout.texts,
                                               [p.reference for p in chunk])
             values = {"reward": sum(scores), "response_length": float(rollout.mask.sum())}

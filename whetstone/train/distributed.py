@@ -77,7 +77,7 @@ def init(device: torch.device) -> None:
 
 
 def shutdown() -> None:
-    if dist.is_initialized():
+    if world()[1] > 1 and dist.is_initialized():  # ours: a one-process group is a library's (vLLM's), not ours
         dist.barrier()
         dist.destroy_process_group()
 
@@ -88,7 +88,9 @@ def is_main() -> bool:
 
 def sum_across(value: float) -> float:
     """Sum a number over all processes (the identity for one process)."""
-    if not dist.is_initialized():
+    # One process may hold a process group all the same: vLLM's rollout engine (objectives/vllm_engine.py) starts
+    # a one-rank NCCL group in this process, which cannot reduce a CPU tensor.
+    if world()[1] == 1 or not dist.is_initialized():
         return value
     tensor = torch.tensor([float(value)], dtype=torch.float64)
     dist.all_reduce(tensor)

@@ -427,7 +427,7 @@ def train_steps(s: Setup, progress: bool, on_step: StepCallback | None, t_start:
     cfg, steps, state, run = s.config.train, s.steps, s.state, s.run
     optimizer_step = OptimizerSteps(s.strategy, s.optimizer, s.scheduler, cfg, state, run)
     s.model.train(steps.train_mode)  # online rounds run in eval mode (objectives/online.py)
-    if steps.eval_before_training and steps.can_evaluate and state.step == 0:
+    if steps.eval_before_training and s.config.eval.before and steps.can_evaluate and state.step == 0:
         before = steps.evaluate()  # the held-out figures before any update, as step 0
         if distributed.is_main():
             run.append_metrics({"step": 0, **before})
@@ -448,7 +448,9 @@ def train_steps(s: Setup, progress: bool, on_step: StepCallback | None, t_start:
             bar.update(1)
             bar.set_postfix(loss=f"{window.loss:.4f}", tok_s=f"{window.tokens_per_s:.0f}")
 
-            done = state.step == steps.total_steps
+            out_of_time = cfg.max_minutes is not None and distributed.any_across(
+                state.train_seconds >= 60 * cfg.max_minutes)  # every process stops at the same step
+            done = state.step == steps.total_steps or out_of_time
             do_eval = steps.can_evaluate and (state.step % s.config.eval.every == 0 or done)
             row = {}
             if state.step % cfg.log_every == 0 or do_eval or done or steps.logs_every_step:
@@ -465,6 +467,10 @@ def train_steps(s: Setup, progress: bool, on_step: StepCallback | None, t_start:
             if wants_stop and not done:
                 bar.close()
                 return True
+            if out_of_time:
+                say(f"train.max_minutes: {cfg.max_minutes:g} minutes of training reached at step {state.step} of "
+                    f"{steps.total_steps}")
+                break
     bar.close()
     return False
 
@@ -564,6 +570,8 @@ def _summary(s: Setup, stopped_early: bool, t_start: float) -> dict:
         "steps": state.step,
         "total_steps": s.steps.total_steps,
         "stopped_early": stopped_early,
+        "time_budget_reached": (s.config.train.max_minutes is not None and not stopped_early
+                                and state.step < s.steps.total_steps),
         "tokens": state.tokens,
         "supervised_tokens": state.supervised_tokens,
         "tokens_read": state.tokens_read,
