@@ -21,8 +21,8 @@ MAX_FUNCTION_LINES = 100
 
 # What a run directory holds at its top level (whetstone/rundir.py RUN.entries), as a path component.
 RUN_DIR_NAMES = ("config.yaml", "metrics.jsonl", "summary.json", "samples.jsonl", "report.html", "trackers.json",
-                 "canaries.json", "knowledge.json", "stages.json", "stages.md", "lineage.json", ".whetstone-run",
-                 "checkpoints")
+                 "canaries.json", "knowledge.json", "augment.json", "stages.json", "stages.md", "lineage.json",
+                 ".whetstone-run", "checkpoints")
 # Words too common to count as a constant: these count where a path is joined with them (`path / "adapter"`).
 DIRECTORY_NAMES = ("adapter", "model", "merged", "stages", "export")
 

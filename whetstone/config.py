@@ -509,6 +509,25 @@ class ReplayConfig:
         return [self.source] if isinstance(self.source, str) else list(self.source)
 
 
+# The most wordings data.augment.paraphrase may ask for: data/synth/paraphrase.py MAX_WORDINGS, the number of its
+# template frames (config.py imports no data module; tests/data/test_augment.py holds the two equal).
+AUGMENT_MAX_WORDINGS = 8
+
+
+@dataclass
+class AugmentConfig:
+    paraphrase: int = 5
+    """Wordings of every question of data.train, the question itself included (2 to 8): the teacher's rewordings,
+    then template frames where it gives fewer; the answers stay as they are (data/augment.py, docs/knowledge.md)."""
+    teacher: str | None = None
+    """The model that rewords: null for the embedded model, a model name, directory or hub id, a run directory,
+    or 'templates' for the template frames alone (no model). With teacher_url, the endpoint's model id."""
+    teacher_url: str | None = None
+    """An OpenAI-compatible endpoint's base URL (e.g. http://127.0.0.1:8000/v1 for `whetstone serve`) to reword with."""
+    teacher_key_env: str | None = None
+    """The environment variable holding teacher_url's key (default OPENAI_API_KEY, sent only when set)."""
+
+
 @dataclass
 class DataConfig:
     train: str | list[SourceConfig] = ""
@@ -536,6 +555,9 @@ class DataConfig:
     """T of data.mixing: temperature (mT5 used about 3.3); applies only with that mixing."""
     replay: ReplayConfig | None = None
     """{source: PATH, fraction: 0.1}: general data mixed in at that fraction of the draws, task 'replay'."""
+    augment: AugmentConfig | None = None
+    """{paraphrase: N}: before training, data.train's questions each in N wordings (a teacher model's, then
+    templates), cached under the user cache directory and reported in the run's augment.json (data/augment.py)."""
     packing: bool | None = None
     """sft, dpo: concatenate a micro-batch's sequences (dpo: chosen and rejected answers) into rows of at most
     max_length tokens (attention stays within each sequence), so less compute goes to padding. Same loss per
@@ -551,6 +573,7 @@ class DataConfig:
     def validate(self) -> list[str]:
         problems = []
         problems += self._validate_mixture()
+        problems += self._validate_augment()
         if self.canaries < 0:
             problems.append(f"data.canaries: got {self.canaries}; must be 0 (none) or a number of canaries, e.g. 4.")
         if self.train == "" or self.train == []:
@@ -563,6 +586,29 @@ class DataConfig:
             )
         if self.max_length < 8:
             problems.append(f"data.max_length: got {self.max_length}; must be at least 8 tokens.")
+        return problems
+
+    def _validate_augment(self) -> list[str]:
+        augment, problems = self.augment, []
+        if augment is None:
+            return problems
+        if not 2 <= augment.paraphrase <= AUGMENT_MAX_WORDINGS:
+            problems.append(f"data.augment.paraphrase: got {augment.paraphrase}; give the wordings of each question, "
+                            f"2 to {AUGMENT_MAX_WORDINGS} (1 is the data as it is: remove data.augment).")
+        if not isinstance(self.train, str):
+            problems.append("data.augment: data.train is a list of sources; augment rewords one file. Give data.train "
+                            "one file, or write each source's wordings with `whetstone data paraphrase`.")
+        if self.eval_fraction:
+            problems.append(f"data.augment with data.eval_fraction {self.eval_fraction}: the held-out records would "
+                            f"be rewordings of trained questions. Give data.eval a file of its own instead.")
+        if self.format not in ("auto", "messages"):
+            problems.append(f"data.augment with data.format {self.format!r}: the reworded data is chat records "
+                            f"({{messages: [...]}}); set data.format: auto or messages.")
+        if augment.teacher == "templates" and augment.teacher_url is not None:
+            problems.append("data.augment: teacher 'templates' asks for no model, teacher_url for an endpoint; "
+                            "use one of the two.")
+        if augment.teacher_key_env is not None and augment.teacher_url is None:
+            problems.append("data.augment.teacher_key_env names the key of teacher_url; set teacher_url too.")
         return problems
 
     def _validate_mixture(self) -> list[str]:

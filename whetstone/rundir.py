@@ -5,6 +5,7 @@
       metrics.jsonl    one JSON object per logged step
       summary.json     final figures
       samples.jsonl    a few answers of the trained model (report/samples.py)
+      augment.json     what data.augment trained on instead of data.train (data/augment.py)
       adapter/         PEFT adapter (lora, dora, qlora)   | model/  HF safetensors (full, freeze)
       checkpoints/     resumable state, newest last; `latest` names the newest
       report.html      the run's report
@@ -39,6 +40,7 @@ class RunDir:
     TRACKERS = "trackers.json"
     CANARIES = "canaries.json"
     KNOWLEDGE = "knowledge.json"
+    AUGMENT = "augment.json"
     LABELS = "labels.json"
     STAGES_JSON = "stages.json"
     STAGES_MD = "stages.md"

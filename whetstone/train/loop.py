@@ -29,6 +29,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from whetstone.config import ONLINE_OBJECTIVES, RunConfig, TrainConfig
+from whetstone.data.augment import augment_for_run
 from whetstone.data.batches import StepPlan, example_lengths
 from whetstone.data.dataset import DataStats, load_splits, plan_mixture, summarize_preparation
 from whetstone.data.mixture import Mixture
@@ -316,6 +317,8 @@ def set_up(config: RunConfig | None, run_dir, resume: bool, overwrite: bool, acc
     dtype = base_dtype(config, precision)  # refuses a base the method cannot train on, before any work
     announce_precision(precision, say)
     autocast = autocast_context(device, precision)
+    # data.augment: train on the reworded file. Before the seed: a teacher loading must not move the RNG.
+    config = augment_for_run(config, run.dir, *distributed.world())
     seed_everything(cfg.seed)
 
     objective = objective_for(config)
