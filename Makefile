@@ -53,3 +53,9 @@ $(addprefix recipe-,$(RECIPES)): recipe-%: $(STAMP)
 	@mkdir -p runs
 	$(BIN)/whetstone eval --data examples/$*/eval.jsonl $(EVAL_$*) --json > runs/$*.base.json
 	$(BIN)/whetstone train configs/$*.yaml -o runs/$* --overwrite
+
+# The knowledge-from-documents sets (docs/knowledge.md, "From documents"): the documents for `whetstone data synth`
+# (read from this machine's Python and manual pages, git-ignored) and the eval sets that match them.
+.PHONY: knowledge-docs
+knowledge-docs: $(STAMP)
+	$(BIN)/python examples/knowledge_docs/build.py
