@@ -397,5 +397,12 @@ def test_eval_batch_size_sets_how_many_held_out_prompts_sample_together(tmp_path
     config = _variant_config(tmp_path, tiny_model_dir, reward, "train.max_steps=1", "eval.max_batches=1")
     train(config, tmp_path / "default", progress=False)
     assert sizes == [4, 16, 4]  # unset: rollout_batch_size, and eval.max_batches counts those chunks
+    sizes.clear()
+    config = _variant_config(tmp_path, tiny_model_dir, reward, "train.max_steps=1", "eval.max_batches=1",
+                             "eval.before=false")
+    summary = train(config, tmp_path / "no_before", progress=False)
+    assert sizes == [16, 4]  # eval.before false: the round, then the final evaluation only
+    assert "eval_reward_before" not in summary and "eval_reward" in summary
+    assert all(r["step"] >= 1 for r in read_metrics(tmp_path / "no_before"))
     with pytest.raises(WhetstoneError, match="objective.eval_batch_size: got 0; must be a positive integer"):
         _variant_config(tmp_path, tiny_model_dir, reward, "objective.eval_batch_size=0")
