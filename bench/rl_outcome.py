@@ -47,8 +47,7 @@ def run(out: Path, variants: list[str], minutes: float | None, overrides: list[s
         subprocess.run(command, check=True)
 
 
-def row(run_dir: Path, before: float) -> dict:
-    summary = json.loads((run_dir / "summary.json").read_text())
+def row(run_dir: Path, summary: dict, before: float) -> dict:
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     rates = [r["rollout_tokens_per_s"] for r in rounds if "rollout_tokens_per_s" in r]
     return {"variant": run_dir.name, "before": before, "after": summary["eval_reward"],
@@ -63,7 +62,7 @@ def table(out: Path) -> str:
     befores = [s["eval_reward_before"] for s in summaries.values() if "eval_reward_before" in s]
     if not befores:
         raise SystemExit(f"no run in {out} evaluated before training (the first variant `run` trains does)")
-    rows = [row(out / v, befores[0]) for v in summaries]
+    rows = [row(out / v, summary, befores[0]) for v, summary in summaries.items()]
     lines = ["| variant | accuracy before | accuracy after | change (points) | KL (nats) | rounds | answer tokens "
              "| rollout tokens/s | train (min) | wall (min) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

@@ -395,7 +395,6 @@ class OnlineRun:
         kept, dropped, passes = [], 0, 0
         while True:
             passes += 1
-            sampled += int(rollout.mask.sum()) if passes > 1 else 0
             grouped = rollout.scores.view(-1, self.group)  # (prompts, G)
             differ = (grouped != grouped[:, :1]).any(dim=1).tolist()
             dropped += differ.count(False)
@@ -405,6 +404,7 @@ class OnlineRun:
                 break
             order = epoch_order(len(self.prompts.train), self.config.train.seed * 1_000_003 + index, passes)
             rollout = self.sample_and_score([self.prompts.train[j] for j in order[: wanted - have]])
+            sampled += int(rollout.mask.sum())
         entries = {"groups_dropped": dropped, "sampling_rounds": passes, "sampled_tokens": sampled}
         kept = [r for r in kept if r.prompts]
         if not kept:
