@@ -3,6 +3,7 @@ grounding threshold, resuming, the three kinds of teacher, and the CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -116,6 +117,45 @@ def test_a_roff_manual_page_is_read_without_man(write):
         ("DESCRIPTION", 6, 12, 'frob\nturns knobs.\n\n-v, --verbose\n    print each knob\n\nKnobs are "fun".'),
     ]
     assert {c.title for c in read_chunks(path)} == {"frob(1)"}
+
+
+ASCIIDOCTOR_ROFF = r"""'\" t
+.TH "FRO\-OB" "1" "2022-05-11" "util\-linux 2.38.1" "User Commands"
+.de URL
+\fI\\$2\fP <\\$1>\\$3
+..
+.if \n[.g] \{\
+.  am URL
+.    ad l
+.  .
+.\}
+.SH "NAME"
+fro-ob \- display and adjust the knobs
+.SH "OPTIONS"
+.sp
+\fB\-p\fP, \fB\-\-pid\fP \fIpid\fP
+.RS 4
+Specifies the process.
+.RE
+.sp
+.IP \(bu 2
+Knobs turn.
+"""
+
+
+def test_asciidoctor_pages_blocks_ending_in_dot_space_dot_indented_bodies_and_bullets(write):
+    """Asciidoctor's pages (util-linux) end `.am` blocks with ".  .", indent item bodies with .RS/.RE, and mark
+    bullets `.IP \\(bu`; an argument's escapes reach unescape(), so the bullet is a bullet, not "(bu"."""
+    path = write("fro-ob.1", ASCIIDOCTOR_ROFF)
+    assert spans(path) == [
+        ("NAME", 12, 12, "fro-ob - display and adjust the knobs"),
+        ("OPTIONS", 15, 21, "-p, --pid pid\n    Specifies the process.\n\n\u2022\n    Knobs turn."),
+    ]
+    assert {c.title for c in read_chunks(path)} == {"fro-ob(1)"}
+    facts = [f for c in read_chunks(path) for f in extract_facts(c)]
+    assert facts == [Fact("what_does", "the fro-ob command", "display and adjust the knobs", rule="name"),
+                     Fact("what_does", "the -p, --pid pid option of fro-ob", "Specifies the process.",
+                          rule="definition")]
 
 
 @pytest.mark.skipif(not LS_PAGE.exists(), reason="no ls(1) page on this machine")
@@ -283,6 +323,26 @@ def test_a_killed_run_resumes_without_redoing_finished_chunks(tmp_path):
     state_path(out).unlink()
     with pytest.raises(WhetstoneError, match="already exists; pass --overwrite"):
         synthesize(docs, str(out), StubTeacher(), options, progress=False)
+
+
+def test_a_question_an_earlier_section_asked_is_not_asked_again_even_after_a_resume(tmp_path):
+    boilerplate = "License GPLv3+: GNU GPL version 3 or later, free software.\n"
+    docs = []
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.txt").write_text(f"The {name}x tool counts {name} apples in baskets.\n\n\n"
+                                              + boilerplate)
+        docs.append(str(tmp_path / f"{name}.txt"))
+    out, options = tmp_path / "o.jsonl", SynthOptions(wordings=2, max_chars=60)
+    synthesize(docs, str(out), None, dataclasses.replace(options, limit=3), progress=False)  # stopped part-way
+    report = synthesize(docs, str(out), None, options, progress=False)  # goes on from chunk 4
+    assert (report.resumed, report.processed) == (3, 3)
+    questions = [r["messages"][0]["content"] for r in lines_of(out) if r["source"]["wording"] == 0]
+    assert questions == ["What does the ax tool do?", "What is License GPLv3+?", "What does the bx tool do?",
+                         "What does the cx tool do?"]
+    assert (report.counts["pairs_extraction"], report.counts["dropped_repeated"]) == (4, 2)
+    assert "2 extracted questions an earlier section already asked" in report.render(str(out))
+    whole = synthesize(docs, str(tmp_path / "whole.jsonl"), None, options, progress=False)
+    assert lines_of(tmp_path / "whole.jsonl") == lines_of(out) and whole.counts == report.counts
 
 
 def test_records_carry_provenance_and_teacher_pairs_are_checked(tmp_path):

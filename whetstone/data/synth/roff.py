@@ -2,7 +2,7 @@
 
 The man(7) macros carry a page's structure: ``.TH`` names it, ``.SH``/``.SS`` start sections, ``.PP`` and
 friends start paragraphs, ``.TP``/``.IP`` start an item whose tag is a line of its own and whose body is
-indented, and the font macros (``.B``, ``.BR``, ...) only change how words look. The common mdoc(7) macros
+indented, as is a ``.RS``/``.RE`` block, and the font macros (``.B``, ``.BR``, ...) only change how words look. The common mdoc(7) macros
 (``.Sh``, ``.Nm``, ``.Nd``, ``.Fl``, ``.It``) are read the same way. Font and size escapes are dropped and the
 named glyphs a page spells out (``\\-``, ``\\(em``, ``\\(aq``) become characters. Every output line keeps the
 number of the source line it came from, so that provenance points into the page itself.
@@ -11,7 +11,6 @@ number of the source line it came from, so that provenance points into the page 
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass
 
 
@@ -42,6 +41,7 @@ _ITEMS = {"TP", "TQ", "IP", "It"}
 _FONTS = {"B", "I", "SM", "SB"}
 _ALTERNATING = {"BR", "BI", "IB", "IR", "RB", "RI"}
 _BLOCK_DEFINITIONS = {"de", "de1", "am", "ig"}
+_BLOCK_END = re.compile(r"^[.']\s*\.\s*$")
 # mdoc macros whose arguments are text (``.Fl a`` writes -a); the others only format.
 _MDOC_TEXT = {"Nm", "Nd", "Fl", "Ar", "Op", "Pa", "Xr", "Cm", "Dq", "Ql", "Va", "Ev", "Em", "Sy", "Li", "Dv", "Er",
               "Fn", "Fa", "Ic", "Ms", "Sq", "Pq", "Tn", "Ux", "An", "Lk", "Mt", "No", "Ns", "Ad"}
@@ -62,11 +62,14 @@ def unescape(text: str) -> str:
     return _ESCAPE.sub(replace, text)
 
 
+_ARGUMENT = re.compile(r'"((?:[^"]|"")*)"?|(\S+)')
+
+
 def _arguments(rest: str) -> list[str]:
-    try:
-        return shlex.split(rest, posix=True)
-    except ValueError:  # an unbalanced quote: split on spaces
-        return rest.split()
+    """A request's arguments as roff splits them: at spaces, a double-quoted one whole (``""`` inside is a quote).
+
+    Escapes are left for unescape(): ``.IP \\(bu`` has the argument ``\\(bu``, a bullet."""
+    return [m.group(2) if m.group(2) is not None else m.group(1).replace('""', '"') for m in _ARGUMENT.finditer(rest)]
 
 
 def _mdoc_text(name: str, args: list[str], page_name: str) -> str:
@@ -82,10 +85,10 @@ def _mdoc_text(name: str, args: list[str], page_name: str) -> str:
 def read_roff(text: str) -> tuple[str, list[Line]]:
     """(the page's title, e.g. "ls(1)", its lines): sections as headings, items as a tag line and indented body."""
     title, page_name, lines = "", "", []
-    skipping, pending_heading, tag_next, indent = False, 0, False, False
+    skipping, pending_heading, tag_next, indent, depth = False, 0, False, False, 0
     for number, raw in enumerate(text.splitlines(), 1):
-        if skipping:
-            skipping = not raw.startswith("..")
+        if skipping:  # until the block's end, "..", which Asciidoctor writes ".  ."
+            skipping = not _BLOCK_END.match(raw)
             continue
         if raw.startswith((".\\\"", "'\\\"", ".\\#")) or raw.strip() in (".", "'"):
             continue
@@ -105,18 +108,21 @@ def read_roff(text: str) -> tuple[str, list[Line]]:
         if name in _BLOCK_DEFINITIONS:
             skipping = True
         elif name in ("TH", "Dt"):
-            page = args[0].lower() if args else ""
-            title = f"{page}({args[1]})" if len(args) > 1 else page
+            page = unescape(args[0]).lower() if args else ""
+            title = f"{page}({unescape(args[1])})" if len(args) > 1 else page
         elif name in ("SH", "Sh", "SS", "Ss"):
             level = 1 if name in ("SH", "Sh") else 2
-            indent, tag_next = False, False
+            indent, tag_next, depth = False, False, 0
             if args:
                 lines.append(Line(number, unescape(" ".join(args)).strip(), level))
             else:
                 pending_heading = level
         elif name in _PARAGRAPH:
             lines.append(Line(number, ""))
-            indent = indent and name == "br"
+            indent = depth > 0 or (indent and name == "br")
+        elif name in ("RS", "RE"):  # an indented block, e.g. Asciidoctor's item bodies
+            depth = depth + 1 if name == "RS" else max(depth - 1, 0)
+            indent = depth > 0
         elif name in _ITEMS:
             lines.append(Line(number, ""))
             if name == "TP" or name == "TQ" or (name == "It" and not args):
@@ -128,7 +134,7 @@ def read_roff(text: str) -> tuple[str, list[Line]]:
                 indent = True
         elif name in _FONTS or name in _ALTERNATING or name in _MDOC_TEXT:
             if name == "Nm" and args and not page_name:
-                page_name = args[0]
+                page_name = unescape(args[0])
             if name in _MDOC_TEXT:
                 out = _mdoc_text(name, args, page_name)
             else:
@@ -142,5 +148,5 @@ def read_roff(text: str) -> tuple[str, list[Line]]:
                 tag_next, indent = False, True
             elif out:
                 lines.append(Line(number, ("    " if indent else "") + out))
-        # every other request (.RS, .nf, .in, .ft, ...) changes layout only
+        # every other request (.nf, .in, .ft, ...) changes layout only
     return title, lines

@@ -4,13 +4,14 @@ For each chunk (chunks.py) that bears facts, candidate pairs come from two sourc
 (extract.py: answers verbatim from the chunk) and the teacher (one question and answer per chunk, teacher.py).
 A pair is kept only when its answer is grounded in its chunk (grounding.py) and, for the teacher, when its
 question shares at least half its content words with the chunk; so no question reaches the data that the chunk
-cannot answer. Each kept pair is written in ``wordings`` wordings (extraction: templates; teacher: its own
+cannot answer. A question that an earlier chunk already asked is not asked again (the same boilerplate in
+every page of a manual would otherwise be trained on as many times). Each kept pair is written in ``wordings`` wordings (extraction: templates; teacher: its own
 rewordings, then the template frames of paraphrase.py) as chat records with their provenance under "source".
 
 Resuming: OUT grows one finished chunk at a time, and ``OUT.synth-state.json`` records the finished chunks' ids
 (a hash of file, section and text), OUT's length after the last one, and the counts so far. A rerun with the same
 options truncates OUT to that length (dropping a chunk half-written when the process was killed) and skips the
-finished chunks.
+finished chunks; the questions already asked are read back from OUT.
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class SynthReport:
             f"pairs: {c['pairs_extraction']} from extraction, {c['pairs_teacher']} from the teacher ({self.teacher})",
             f"dropped: {c['dropped_ungrounded']} with an answer its chunk does not support, {c['dropped_off_topic']} "
             f"teacher questions about something else, {c['dropped_malformed']} teacher replies not in the asked "
-            f"form, {c['dropped_duplicate']} repeated questions",
+            f"form, {c['dropped_duplicate']} teacher questions already asked, {c['dropped_repeated']} extracted "
+            f"questions an earlier section already asked",
             f"grounded: {100 * self.grounded_share:.1f}% of the candidate pairs",
             f"records: {c['records']} (wordings: {c['wordings_template']} from templates, {c['wordings_teacher']} "
             f"from the teacher, {c['paraphrase_lines_dropped']} teacher rewordings dropped)",
@@ -147,13 +149,14 @@ def synthesize(paths: list[str], output: str, teacher: Teacher | None, options: 
     kept = {k: v for k, v in asdict(options).items() if k not in ("limit", "batch_size")}
     state = _open_state(Path(output), {**kept, "teacher": teacher_name}, overwrite)
     todo = [c for c in chunks if c.id not in state.done]
+    asked = _asked(Path(output))
     report.chunks, report.resumed = len(chunks), len(chunks) - len(todo)
     began = time.perf_counter()
     with open(output, "ab") as handle, tqdm(total=len(chunks), initial=report.resumed, desc="chunks", unit="chunk",
                                             disable=not progress) as bar:
         for i in range(0, len(todo), options.batch_size):
             group = todo[i: i + options.batch_size]
-            for chunk, (records, counts) in zip(group, _records(group, teacher, options)):
+            for chunk, (records, counts) in zip(group, _records(group, teacher, options, asked)):
                 handle.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -183,20 +186,35 @@ class _Pair:
     fact: Fact | None = None
 
 
-def _records(group: list[Chunk], teacher: Teacher | None, options: SynthOptions) -> list[tuple[list[dict], Counter]]:
-    """The records of each chunk of ``group``, in order, with what was kept and dropped there, and why."""
+def _asked(output: Path) -> set[str]:
+    """The questions (normalised, first wording) that the finished chunks of ``output`` already ask."""
+    asked = set()
+    with output.open(encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            if record["source"]["wording"] == 0:
+                asked.add(_normal(record["messages"][0]["content"]))
+    return asked
+
+
+def _records(group: list[Chunk], teacher: Teacher | None, options: SynthOptions,
+             asked: set[str]) -> list[tuple[list[dict], Counter]]:
+    """The records of each chunk of ``group``, in order, with what was kept and dropped there, and why.
+
+    ``asked`` holds the questions of the chunks before, and grows by this group's: a question asked once is not
+    asked again (a manual's boilerplate, "What is License GPLv3+?", would otherwise come from every page)."""
     facts = [extract_facts(c) for c in group]
     bearing = [is_fact_bearing(c, f) for c, f in zip(group, facts)]
-    asked = [c for c, b in zip(group, bearing) if b]
-    replies = iter(teacher.complete([qa_prompt(c) for c in asked], QA_TOKENS) if teacher and asked else [])
+    to_ask = [c for c, b in zip(group, bearing) if b]
+    replies = iter(teacher.complete([qa_prompt(c) for c in to_ask], QA_TOKENS) if teacher and to_ask else [])
     counts = [Counter() for _ in group]
     pairs_per_chunk = []
     for chunk, chunk_facts, fact_bearing, tally in zip(group, facts, bearing, counts):
         tally["fact_bearing"] += fact_bearing
-        pairs = _extraction_pairs(chunk, chunk_facts, options, tally)
+        pairs = _extraction_pairs(chunk, chunk_facts, options, tally, asked)
         if teacher is not None and fact_bearing:
             tally["teacher_calls"] += 1
-            pair = _teacher_pair(chunk, next(replies), options, tally, {_normal(p.question) for p in pairs})
+            pair = _teacher_pair(chunk, next(replies), options, tally, asked)
             pairs += [pair] if pair else []
         tally["with_pair"] += fact_bearing and bool(pairs)
         pairs_per_chunk.append(pairs)
@@ -218,15 +236,21 @@ def _records(group: list[Chunk], teacher: Teacher | None, options: SynthOptions)
     return out
 
 
-def _extraction_pairs(chunk: Chunk, facts: list[Fact], options: SynthOptions, counts: Counter) -> list[_Pair]:
+def _extraction_pairs(chunk: Chunk, facts: list[Fact], options: SynthOptions, counts: Counter,
+                      asked: set[str]) -> list[_Pair]:
     pairs = []
     for fact in facts:
         share = support(fact.answer, chunk.text)
         if share < options.threshold:
             counts["dropped_ungrounded"] += 1
             continue
+        question = wordings(fact, 1)[0]
+        if _normal(question) in asked:
+            counts["dropped_repeated"] += 1
+            continue
+        asked.add(_normal(question))
         counts["pairs_extraction"] += 1
-        pairs.append(_Pair(wordings(fact, 1)[0], fact.answer, "extraction", share, fact.rule, fact))
+        pairs.append(_Pair(question, fact.answer, "extraction", share, fact.rule, fact))
     return pairs
 
 
@@ -246,6 +270,7 @@ def _teacher_pair(chunk: Chunk, reply: str, options: SynthOptions, counts: Count
     if _normal(question) in asked:
         counts["dropped_duplicate"] += 1
         return None
+    asked.add(_normal(question))
     counts["pairs_teacher"] += 1
     return _Pair(question, answer, "teacher", share)
 
