@@ -41,6 +41,16 @@ def test_one_error_lists_every_problem(tmp_path):
     assert len(info.value.problems) == 5
 
 
+def test_a_misspelt_key_inside_an_optional_section_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: smollm2-135m-instruct\n"
+                    "data: {train: x.jsonl, augment: {paraphrse: 5}, replay: {source: r.jsonl, fractoin: 0.2}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == ["data.augment.paraphrse: unknown key. Did you mean 'paraphrase'?",
+                                   "data.replay.fractoin: unknown key. Did you mean 'fraction'?"]
+
+
 def test_conflicting_fields_are_named_together():
     with pytest.raises(ConfigError) as info:
         load_config(None, ["data.train=a.jsonl", "data.eval=b.jsonl", "data.eval_fraction=0.1"])

@@ -1033,6 +1033,9 @@ def _coerce(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
             out = _coerce(value, arg, key, trial)
             if not trial:
                 return out
+        sections = [a for a in args if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(sections) == 1:  # a section with a bad key: say which
+            return _coerce(value, sections[0], key, problems)
         problems.append(f"{key}: got {value!r}; must be {_describe(tp)}.")
         return _BAD
     if origin is list:
