@@ -208,6 +208,24 @@ def test_extraction_finds_each_shape_and_answers_verbatim(write):
     ]
 
 
+def test_extraction_skips_what_the_stdlib_audit_found_wrong(write):
+    """examples/knowledge_docs/stdlib/synth_audit.md: a docstring opening with its signature, passive "is"
+    sentences, and a capitalised word taken for a subject; and the "name() -- description" lines it missed."""
+    text = ("gc.set_threshold\n    set_threshold(threshold0, [threshold1]) -> None\n\n"
+            "    Sets the collection thresholds.\n\n"
+            "enable() -- Enable automatic garbage collection.\n\n"
+            "The value -2 is returned if capname is absent. Echoing of input characters is turned off. "
+            "Subsequent calls to reset_prog_mode() will restore this mode. The key is used to sign requests. "
+            "Importing this module enables line editing.")
+    chunk = next(read_chunks(write("gc.md", f"# gc\n\n{text}\n")))
+    assert extract_facts(chunk) == [
+        Fact("what_does", "gc.set_threshold", "Sets the collection thresholds.", rule="definition"),
+        Fact("what_does", "enable()", "Enable automatic garbage collection.", rule="dash"),
+        Fact("what_is", "the key", "The key is used to sign requests.", rule="sentence"),
+        Fact("what_does", "Importing this module", "Importing this module enables line editing.", rule="sentence"),
+    ]
+
+
 def test_template_wordings():
     fact = Fact("attribute", "jobs", "4", attribute="default")
     assert wordings(fact, 3) == ["What is the default of jobs?", "Give the default of jobs.",

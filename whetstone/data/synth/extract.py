@@ -6,8 +6,9 @@ find the facts a document states in a fixed shape, and take each answer verbatim
 - table rows (Markdown ``| a | b |``, or an HTML table): "What is the <column> of <row>?";
 - definition lists (a term, its description indented below it: ``.TP`` items, Python docs, ``<dt>/<dd>``);
 - a manual page's NAME line, ``ls - list directory contents``: "What does the ls command do?";
-- definitions ``Term: description`` at the start of a line;
-- sentences "X is Y" ("What is X?") and "X returns/provides/... Y" ("What does X do?").
+- definitions ``Term: description`` and ``name() -- description`` at the start of a line;
+- sentences "X is Y" ("What is X?"; not a passive "X is returned if ...") and "X returns/provides/... Y"
+  ("What does X do?").
 
 A subject that looks like code (``base64.b64encode``, ``--all``) or a description that starts with a verb
 is asked "what does it do"; anything else "what is it".
@@ -57,9 +58,17 @@ _GENERIC_COLUMNS = {"description", "meaning", "purpose", "summary", "explanation
 _CODE_SUBJECT = re.compile(r"^-|^\S*[._]\S*$|\(\)$|^[a-z][a-z0-9]*$")  # options, dotted names, commands
 _SEPARATOR_ROW = re.compile(r"^\|?[\s:|-]+\|?$")
 _COLON_DEFINITION = re.compile(r"^([`*_A-Za-z][^:.!?]{0,58}?):\s+(\S.{8,})$")
+_DASH_DEFINITION = re.compile(r"^([`*_A-Za-z][\w.()`*-]{0,58}?)\s+--\s+(\S.{8,})$")  # "enable() -- Enable ..."
+_SIGNATURE = re.compile(r"^[\w.]+\(.*\)(\s*->.*)?$")  # a docstring's first line "set_threshold(t0, [t1]) -> None"
 _NAME_LINE = re.compile(r"^(.+?)\s+[-\u2013\u2014]\s+(\S.+)$")
 _IS_SENTENCE = re.compile(r"^((?:[Tt]he |[Aa]n? )?[`\w][`\w.\-/() ]{0,58}?)\s+(?:is|means|refers to)\s+\S.*[.!]$")
-_DOES_SENTENCE = re.compile(r"^((?:[Tt]he |[Aa]n? )?[`\w][`\w.\-/() ]{0,58}?)\s+([a-z]+s)\s+\S.*[.!]$")
+_SUBJECT = re.compile(r"^(?:[Tt]he |[Aa]n? )?[`\w][`\w.\-/() ]{0,58}$")
+_VERB_AFTER_SUBJECT = re.compile(r"\s([a-z]+s)(?=\s+\S)")
+_SENTENCE_TAIL = re.compile(r".*[.!]$")
+# "is" + a past participle is a passive ("is returned if ..."), which says what happens to X, not what X is.
+_PARTICIPLES = {"done", "given", "taken", "made", "set", "shown", "known", "written", "seen", "run", "put", "kept",
+                "held", "built", "sent", "read", "found", "thrown", "begun", "chosen", "hidden", "left", "lost",
+                "meant", "said", "told", "broken", "forgotten", "cut", "split", "bound", "spent", "drawn"}
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`])")
 
 
@@ -71,7 +80,7 @@ class Fact:
     subject: str
     answer: str
     attribute: str = ""  # attribute: the table column asked for
-    rule: str = ""  # table | definition | name | colon | sentence
+    rule: str = ""  # table | definition | name | colon | dash | sentence
 
 
 def wordings(fact: Fact, n: int) -> list[str]:
@@ -84,10 +93,14 @@ def extract_facts(chunk: Chunk) -> list[Fact]:
     """Every fact the rules find in ``chunk``, one per (kind, subject), in the order they appear."""
     facts: list[Fact] = []
     is_name_section = chunk.heading.split(" > ")[-1].strip().upper() == "NAME"
-    for paragraph in chunk.text.split("\n\n"):
-        lines = [x for x in paragraph.splitlines() if x.strip()]
+    paragraphs = [[x for x in p.splitlines() if x.strip()] for p in chunk.text.split("\n\n")]
+    for i, lines in enumerate(paragraphs):
         if not lines:
             continue
+        later = paragraphs[i + 1] if i + 1 < len(paragraphs) else []
+        if len(lines) == 2 and _indented(lines[1]) and _SIGNATURE.match(lines[1].strip()) and later and \
+                all(_indented(x) for x in later):
+            lines = [lines[0], *later]  # a docstring that opens with its signature: describe by what follows
         if is_name_section:
             facts += _name_facts(" ".join(" ".join(lines).split()), chunk.title)
         elif len(lines) > 1 and all(x.strip().startswith("|") and x.strip().endswith("|") for x in lines):
@@ -178,21 +191,48 @@ def _line_facts(lines: list[str]) -> list[Fact]:
     """Definitions "Term: description" at a line's start, and "X is Y" / "X does Y" sentences."""
     facts = []
     for line in lines:
-        match = _COLON_DEFINITION.match(line.strip())
-        if match and _subject_ok(match.group(1).strip("`*_ "), 4) and "http" not in match.group(1):
-            subject, answer = match.group(1).strip("`*_ "), match.group(2).strip()
-            facts.append(Fact(_kind(subject, answer), subject, answer, rule="colon"))
+        for rule, pattern in (("colon", _COLON_DEFINITION), ("dash", _DASH_DEFINITION)):
+            match = pattern.match(line.strip())
+            if match and _subject_ok(match.group(1).strip("`*_ "), 4) and "http" not in match.group(1):
+                subject, answer = match.group(1).strip("`*_ "), match.group(2).strip()
+                facts.append(Fact(_kind(subject, answer), subject, answer, rule=rule))
+                break
     text = " ".join(" ".join(lines).split())
     for sentence in _SENTENCE_END.split(text):
         match = _IS_SENTENCE.match(sentence)
         if match and _subject_ok(match.group(1)):
-            facts.append(Fact("what_is", _lower_article(match.group(1)), sentence, rule="sentence"))
+            if not _passive(sentence[match.end(1):]):
+                facts.append(Fact("what_is", _lower_article(match.group(1)), sentence, rule="sentence"))
             continue
-        match = _DOES_SENTENCE.match(sentence)
-        verb = match.group(2) if match else ""
-        if match and _subject_ok(match.group(1)) and (verb[:-1] in _VERBS or verb[:-2] in _VERBS):
-            facts.append(Fact("what_does", _lower_article(match.group(1)), sentence, rule="sentence"))
+        subject = _does_subject(sentence)
+        if subject:
+            facts.append(Fact("what_does", _lower_article(subject), sentence, rule="sentence"))
     return facts
+
+
+def _passive(rest: str) -> bool:
+    """Whether ``rest`` (" is returned if ...", from the verb on) is "is" and a past participle."""
+    words = rest.split()
+    if len(words) < 2 or words[0] != "is":
+        return False
+    word = words[1].lower().strip(",.;:")
+    return word in _PARTICIPLES or (word.endswith("ed") and word != "used")
+
+
+def _does_subject(sentence: str) -> str | None:
+    """The subject of an "X returns/provides/... Y." sentence: the words before its first such verb."""
+    if not _SENTENCE_TAIL.match(sentence):
+        return None
+    for match in _VERB_AFTER_SUBJECT.finditer(sentence):
+        verb, subject = match.group(1), sentence[: match.start()]
+        if verb[:-1] in _VERBS or verb[:-2] in _VERBS:
+            return subject if _SUBJECT.match(subject) and _subject_ok(subject) and _subject_named(subject) else None
+    return None
+
+
+def _subject_named(subject: str) -> bool:
+    """A one-word subject names something: code (``os.sep``, ``enable()``) or a capitalised name, not "Subsequent"."""
+    return len(subject.split()) > 1 or bool(_CODE_SUBJECT.match(subject.strip("`")))
 
 
 def _lower_article(subject: str) -> str:
