@@ -231,7 +231,7 @@ def _does_subject(sentence: str) -> str | None:
 
 
 def _subject_named(subject: str) -> bool:
-    """A one-word subject names something: code (``os.sep``, ``enable()``) or a capitalised name, not "Subsequent"."""
+    """Several words, or one that looks like code (``os.sep``, ``enable()``, ``ls``): not "Subsequent" (calls ...)."""
     return len(subject.split()) > 1 or bool(_CODE_SUBJECT.match(subject.strip("`")))
 
 

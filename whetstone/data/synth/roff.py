@@ -2,10 +2,11 @@
 
 The man(7) macros carry a page's structure: ``.TH`` names it, ``.SH``/``.SS`` start sections, ``.PP`` and
 friends start paragraphs, ``.TP``/``.IP`` start an item whose tag is a line of its own and whose body is
-indented, as is a ``.RS``/``.RE`` block, and the font macros (``.B``, ``.BR``, ...) only change how words look. The common mdoc(7) macros
-(``.Sh``, ``.Nm``, ``.Nd``, ``.Fl``, ``.It``) are read the same way. Font and size escapes are dropped and the
-named glyphs a page spells out (``\\-``, ``\\(em``, ``\\(aq``) become characters. Every output line keeps the
-number of the source line it came from, so that provenance points into the page itself.
+indented, as is a ``.RS``/``.RE`` block, and the font macros (``.B``, ``.BR``, ...) only change how words look.
+The common mdoc(7) macros (``.Sh``, ``.Nm``, ``.Nd``, ``.Fl``, ``.It``) are read the same way. Font and size
+escapes are dropped and the named glyphs a page spells out (``\\-``, ``\\(em``, ``\\(aq``) become characters.
+Every output line keeps the number of the source line it came from, so that provenance points into the page
+itself.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ For each chunk (chunks.py) that bears facts, candidate pairs come from two sourc
 A pair is kept only when its answer is grounded in its chunk (grounding.py) and, for the teacher, when its
 question shares at least half its content words with the chunk; so no question reaches the data that the chunk
 cannot answer. A question that an earlier chunk already asked is not asked again (the same boilerplate in
-every page of a manual would otherwise be trained on as many times). Each kept pair is written in ``wordings`` wordings (extraction: templates; teacher: its own
-rewordings, then the template frames of paraphrase.py) as chat records with their provenance under "source".
+every page of a manual would otherwise be trained on as many times). Each kept pair is written in ``wordings``
+wordings (extraction: templates; teacher: its own rewordings, then the template frames of paraphrase.py) as chat
+records with their provenance under "source".
 
 Resuming: OUT grows one finished chunk at a time, and ``OUT.synth-state.json`` records the finished chunks' ids
 (a hash of file, section and text), OUT's length after the last one, and the counts so far. A rerun with the same
