@@ -49,24 +49,31 @@ def test_predicted_peak_and_time_match_short_real_runs(tmp_path):
 
     A shared 2-core CI machine has bursts of contention that slow one process by a third, and glibc
     places freed memory differently from run to run. A second plan-and-run pair tells such a burst from
-    a wrong prediction: a wrong model misses both times, and the second pair is what is asserted.
+    a wrong prediction: a wrong model misses both times. Memory is asserted on the last pair. Contention
+    only ever adds time, to the planner's timed probe as much as to the run, so time is asserted as the
+    fastest prediction against the fastest run: a burst in either is then not counted, and a wrong time
+    model still misses.
     """
     config = str(ROOT / "configs/sft_lora.yaml")
     predicted = _plan(config, "full,freeze,lora")
-    lines, final = [], {}
+    lines, final, fastest = [], {}, {}
     for method in ("full", "freeze", "lora"):
         row, summary = predicted[method], _train(config, method, tmp_path / method)
         assert row["trainable_params"] == summary["trainable_params"]
         assert row["total_params"] == summary["total_params"]
         lines.append((method, row, summary))
+        pairs = [(row, summary)]
         if not _within(row, summary):
             row, summary = _plan(config, method)[method], _train(config, method, tmp_path / f"{method}-again")
             lines.append((f"{method}*", row, summary))
+            pairs.append((row, summary))
         final[method] = (row, summary)
+        fastest[method] = (min(r["seconds"] for r, _ in pairs), min(s["train_s"] for _, s in pairs))
     print("\nmethod  predicted peak MB  measured  predicted s  measured   (* the second pair)")
     for method, row, summary in lines:
         print(f"{method:<7} {row['peak_mb']:17.0f}  {summary['peak_memory_mb']:8.0f}  {row['seconds']:11.1f}  "
               f"{summary['train_s']:8.1f}")
     for method, (row, summary) in final.items():
         assert row["peak_mb"] == pytest.approx(summary["peak_memory_mb"], rel=0.25), method
-        assert row["seconds"] == pytest.approx(summary["train_s"], rel=0.30), method
+        predicted_s, measured_s = fastest[method]
+        assert predicted_s == pytest.approx(measured_s, rel=0.30), method
