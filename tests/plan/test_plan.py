@@ -202,6 +202,11 @@ def test_plan_json_on_the_tiny_model(tiny_model_dir, qa_file, capsys):
     assert rows["full"]["memory_mb"]["optimizer"] == pytest.approx(2 * rows["full"]["memory_mb"]["weights"], abs=0.2)
     assert rows["qlora"]["seconds"] is None and "needs a CUDA GPU" in rows["qlora"]["notes"][0]
     assert all(rows[m]["seconds"] > 0 for m in ("full", "freeze", "lora"))
+    for m in ("full", "freeze", "lora"):  # the timed steps the time was made from: the first, then 2 steady ones
+        timed = rows[m]["measured"]
+        assert timed["steps"] == 3 and timed["first_step_s"] > 0 and timed["per_token_s"] > 0
+        assert rows[m]["seconds"] > timed["first_step_s"]  # 7 more steps follow the first
+    assert "measured" not in rows["qlora"]
     assert plan["recommendation"].startswith("recommended: ")
 
 

@@ -133,6 +133,7 @@ class MethodPlan:
     memory: MemoryEstimate | None = None
     flops_per_token: float | None = None
     seconds: float | None = None
+    measured: dict | None = None  # the probe's timed steps: first_step_s, per_token_s, per_step_s, steps
     output_bytes: float | None = None
     variants_bytes: float | None = None
     notes: list[str] = field(default_factory=list)
@@ -156,6 +157,8 @@ class MethodPlan:
             out["peak_with_checkpointing_mb"] = _mb(m.peak_with(True))
         out["flops_per_token"] = self.flops_per_token
         out["seconds"] = None if self.seconds is None else round(self.seconds, 2)
+        if self.measured is not None:
+            out["measured"] = self.measured
         out["output_mb"] = None if self.output_bytes is None else _mb(self.output_bytes)
         out["variants_mb"] = None if self.variants_bytes is None else _mb(self.variants_bytes)
         return out

@@ -89,6 +89,8 @@ def plan_methods(config: RunConfig, options: PlanOptions) -> Plan:
                            / (options.peak_tflops * 1e12 * options.utilisation))
         elif timing is not None:
             row.seconds = timing.seconds(shape)
+            row.measured = {"first_step_s": round(timing.first_step, 3), "per_token_s": timing.per_token,
+                            "per_step_s": round(timing.per_step, 3), "steps": timing.probed_steps}
             if config.train.gradient_checkpointing:
                 # The probe ran without it; recomputing the forward adds about one forward (2N of 6N).
                 row.seconds *= 1.33
