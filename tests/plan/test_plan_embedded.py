@@ -69,10 +69,12 @@ def test_predicted_peak_and_time_match_short_real_runs(tmp_path):
             pairs.append((row, summary))
         final[method] = (row, summary)
         fastest[method] = (min(r["seconds"] for r, _ in pairs), min(s["train_s"] for _, s in pairs))
-    print("\nmethod  predicted peak MB  measured  predicted s  measured   (* the second pair)")
+    print("\nmethod  predicted peak MB  measured  predicted s  measured  probe: first step s  ms/token  "
+          "(* the second pair)")
     for method, row, summary in lines:
+        timed = row["measured"]
         print(f"{method:<7} {row['peak_mb']:17.0f}  {summary['peak_memory_mb']:8.0f}  {row['seconds']:11.1f}  "
-              f"{summary['train_s']:8.1f}")
+              f"{summary['train_s']:8.1f}  {timed['first_step_s']:19.2f}  {1e3 * timed['per_token_s']:8.3f}")
     for method, (row, summary) in final.items():
         assert row["peak_mb"] == pytest.approx(summary["peak_memory_mb"], rel=0.25), method
         predicted_s, measured_s = fastest[method]
