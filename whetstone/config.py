@@ -503,6 +503,10 @@ class ReplayConfig:
     """Replay learns the base model's whole next-token distribution at every token of its records (KL to the model
     before tuning, the same model with adapters off or a frozen copy) instead of the records' own tokens. Objective
     sft; the logged 'replay' loss is then that KL. See docs/supervised.md and docs/knowledge.md."""
+    kl_weight: float = 1.0
+    """With distill: the weight of the replay tokens' KL against the data's cross-entropy in the loss (1: a replay
+    token counts as much as a data token). Above 1 it holds the model nearer its base at no extra steps; the logged
+    'replay' loss stays the KL itself, unweighted."""
 
     @property
     def paths(self) -> list[str]:
@@ -639,6 +643,11 @@ class DataConfig:
                                 "`whetstone data replay OUT.jsonl` (the model's own requests and answers).")
             if not 0.0 < self.replay.fraction < 1.0:
                 problems.append(f"data.replay.fraction: got {self.replay.fraction}; must be in (0, 1), e.g. 0.1.")
+            if not self.replay.kl_weight > 0:
+                problems.append(f"data.replay.kl_weight: got {self.replay.kl_weight}; must be above 0, e.g. 1.")
+            elif self.replay.kl_weight != 1.0 and not self.replay.distill:
+                problems.append(f"data.replay.kl_weight: {self.replay.kl_weight} weights the distilled replay's KL, "
+                                f"and data.replay.distill is false; set distill: true, or leave kl_weight out.")
         return problems
 
 

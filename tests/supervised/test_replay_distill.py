@@ -198,3 +198,29 @@ def test_replay_from_several_files_is_one_source(tmp_path, tiny_tokenizer):
     assert "listed twice" in str(error.value)
     with pytest.raises(ConfigError, match="listed twice"):  # the task file replayed as well: a single data.train
         load_config(None, [f"data.train={task}", f"data.replay={{source: {task}}}"])
+
+
+def test_kl_weight_scales_the_replay_tokens_loss_alone(tiny_model_dir, tiny_tokenizer):
+    """data.replay.kl_weight: loss = CE(data tokens) + w * KL(replay tokens); the logged per-row losses unweighted."""
+    model, reference = _student_and_reference(tiny_model_dir, "full")
+    batch = collate(_examples(tiny_tokenizer), tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        one = sft_loss(model, batch, SFTContext(None, reference))
+        three = sft_loss(model, batch, SFTContext(None, reference, kl_weight=3.0))
+    kl = float(one.row_loss[1::2].sum())  # the odd examples are the distilled ones
+    ce = float(one.row_loss[0::2].sum())
+    assert kl > 0 and ce > 0
+    torch.testing.assert_close(float(one.loss_sum), ce + kl, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(float(three.loss_sum), ce + 3.0 * kl, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(three.row_loss, one.row_loss)
+    assert three.units == one.units
+
+
+def test_kl_weight_is_checked():
+    for replay, fragment in [("{source: b.jsonl, distill: true, kl_weight: 0}", "kl_weight: got 0.0; must be above 0"),
+                             ("{source: b.jsonl, kl_weight: 2.0}", "and data.replay.distill is false")]:
+        with pytest.raises(ConfigError) as error:
+            load_config(None, ["data.train=a.jsonl", f"data.replay={replay}"])
+        assert fragment in str(error.value)
+    config = load_config(None, ["data.train=a.jsonl", "data.replay={source: b.jsonl, distill: true, kl_weight: 2.5}"])
+    assert config.data.replay.kl_weight == 2.5

@@ -10,9 +10,10 @@ The head and the loss run in chunks of train.logit_chunk supervised tokens
 With data.replay.distill, the replay examples' tokens learn the base model's
 whole next-token distribution q instead of the data's token:
 
-    L_t = KL(q_t || p_t) = sum_v q_t(v) (log q_t(v) - log p_t(v))
+    L_t = w * KL(q_t || p_t) = w * sum_v q_t(v) (log q_t(v) - log p_t(v))
 
-and the batch's "distill" mask says which tokens those are.
+with w = data.replay.kl_weight (default 1), and the batch's "distill" mask says which tokens those are. The
+per-token losses that are logged (the 'replay' task's) are the KL itself, unweighted.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from whetstone.objectives.logprobs import Reference, build_reference
 class SFTContext:
     logit_chunk: int | None  # supervised tokens per chunk of head + cross-entropy; None: all at once
     reference: Reference | None = None  # data.replay.distill: the base model, whose distributions replay learns
+    kl_weight: float = 1.0  # data.replay.kl_weight: the KL's weight in the loss against the data's cross-entropy
 
 
 def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], context: SFTContext | None = None) -> LossOutput:
@@ -48,7 +50,7 @@ def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], context: SF
     keep = batch["labels"][:, 1:] != IGNORE  # (R, T-1), the mask label_cross_entropy used
     reference = context.reference if context is not None else None
     if "distill" in batch and reference is not None:
-        loss_sum, token_loss = _distilled_loss(model, batch, keep, reference, chunk)
+        loss_sum, token_loss = _distilled_loss(model, batch, keep, reference, chunk, context.kl_weight)
     elif "distill" in batch and bool(batch["distill"].any()):
         # Cross-entropy on replay tokens would train them as plain replay, silently: a different run.
         raise RuntimeError("sft_loss: the batch holds distilled replay tokens but the context has no reference "
@@ -62,8 +64,9 @@ def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], context: SF
 
 
 def _distilled_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], keep: torch.Tensor,
-                    reference: Reference, chunk: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy at the data's supervised tokens, KL(base || model) at the distilled ones: (sum, per token (N,)).
+                    reference: Reference, chunk: int | None, kl_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy at the data's supervised tokens, KL(base || model) at the distilled ones: (sum with the KL
+    weighted by kl_weight, per token (N,) unweighted).
 
     One decoder pass of the model serves both. The base runs only on the rows that hold distilled tokens.
     """
@@ -78,13 +81,14 @@ def _distilled_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], keep
     ce_sum, ce = hidden_cross_entropy(model, hidden[~distilled], targets[~distilled], chunk)
     token_loss = torch.empty(len(targets), dtype=kl.dtype, device=kl.device)  # (N,)
     token_loss[distilled], token_loss[~distilled] = kl, ce
-    return kl_sum + ce_sum, token_loss
+    return kl_weight * kl_sum + ce_sum, token_loss
 
 
 def setup_sft(model, config, train_set, eval_set=None) -> SFTContext:
     replay = config.data.replay
     reference = build_reference(model) if replay is not None and replay.distill else None
-    return SFTContext(logit_chunk=config.train.logit_chunk, reference=reference)
+    return SFTContext(logit_chunk=config.train.logit_chunk, reference=reference,
+                      kl_weight=replay.kl_weight if reference is not None else 1.0)
 
 
 SFT = Objective(name="sft", prepare=tokenize, collate=collate, units=supervised_count, loss=sft_loss, setup=setup_sft)
